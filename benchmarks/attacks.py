@@ -1,0 +1,81 @@
+"""Attack cost on a LeNet5-sized model: one pass, PGD-K and AN-PGD, and their overhead.
+
+    python benchmarks/attacks.py [--batch 50] [--steps 10 40] [--device cpu] [--out benchmarks/attacks.json]
+
+Overhead of PGD-K = time / (K × one forward+backward w.r.t. the input); AN-PGD is
+compared with its floor: PGD-K + (1 + search_steps) forward-only passes.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from maxmargin.attacks import anpgd, pgd
+from maxmargin.models import LeNet5
+
+from maxmargin.losses import cross_entropy, soft_logit_margin
+
+from _timing import device_info, timeit, write_json
+
+
+def confident_labels(model: torch.nn.Module, x: torch.Tensor, share: float = 0.95) -> torch.Tensor:
+    """Label by the model's own prediction and scale its last layer until ``share`` of
+    the batch has SLM < 0, so AN-PGD attacks (nearly) every example, as in MMA training."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        while float((soft_logit_margin(model(x), y) < 0).float().mean()) < share:
+            last.weight.mul_(2.0)
+            last.bias.mul_(2.0)
+    return y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 40])
+    ap.add_argument("--search-steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/attacks.json")
+    args = ap.parse_args()
+
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = LeNet5().to(dev).eval()
+    x = torch.rand(args.batch, 1, 28, 28, device=dev)
+    y = confident_labels(model, x)
+
+    def fwd_bwd():
+        xr = x.clone().requires_grad_(True)
+        torch.autograd.grad(cross_entropy(model(xr), y).sum(), xr)
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    t_pass = timeit(fwd_bwd, args.repeats)
+    t_fwd = timeit(fwd, args.repeats)
+    rows = []
+    print(f"{'what':<28}{'time ms':>10}{'floor ms':>10}{'ratio':>8}")
+    print(f"{'forward+backward (input)':<28}{t_pass * 1e3:>10.2f}")
+    print(f"{'forward only':<28}{t_fwd * 1e3:>10.2f}{'':>10}{t_fwd / t_pass:>8.2f}  (of a fwd+bwd)")
+    for k in args.steps:
+        t = timeit(lambda: pgd(model, x, y, norm="linf", eps=0.3, steps=k), args.repeats)
+        floor = k * t_pass
+        rows.append({"attack": f"pgd-{k}", "seconds": t, "floor_seconds": floor, "ratio": t / floor})
+        t_an = timeit(lambda: anpgd(model, x, y, norm="linf", eps_init=torch.full((args.batch,), 0.1, device=dev),
+                                    eps_max=0.4725, steps=k, search_steps=args.search_steps), args.repeats)
+        floor_an = k * t_pass + (1 + args.search_steps) * t_fwd
+        rows.append({"attack": f"anpgd-{k}+{args.search_steps}", "seconds": t_an, "floor_seconds": floor_an,
+                     "ratio": t_an / floor_an, "ratio_to_pgd": t_an / t})
+        for r in rows[-2:]:
+            print(f"{r['attack']:<28}{r['seconds'] * 1e3:>10.2f}{r['floor_seconds'] * 1e3:>10.2f}{r['ratio']:>8.3f}")
+    write_json(args.out, {"benchmark": "attacks", "model": "LeNet5", "batch": args.batch,
+                          **device_info(dev), "pass_seconds": t_pass, "forward_seconds": t_fwd,
+                          "results": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Attacks. Every attack leaves ``x``, the model's mode and its parameters' ``.grad``
+unchanged, runs the model in eval mode and keeps its output inside ``bounds`` and
+the ε-ball."""
+from .anpgd import ANPGDResult, anpgd, anpgd_search
+from .pgd import fgsm, pgd
+
+__all__ = ["pgd", "fgsm", "anpgd", "anpgd_search", "ANPGDResult"]

@@ -1,0 +1,112 @@
+"""Projected gradient descent (Madry et al.) with restarts, and FGSM."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import LossFn, get_loss
+from ..norms import Norm, bcast, get_norm, per_example
+from ._common import Bounds, check_count, check_inputs, check_labels, frozen, sanitize
+
+
+def pgd_steps(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: Norm,
+    eps: Tensor,
+    steps: int,
+    step_size: Tensor,
+    loss_fn: LossFn,
+    random_init: bool,
+    lo: float,
+    hi: float,
+) -> Tensor:
+    """One PGD run on already-validated inputs; the model must already be in eval mode.
+
+    Gradients are taken w.r.t. the input only (``autograd.grad``), so parameter
+    ``.grad`` is never touched and no weight gradients are computed.
+    """
+    delta = norm.random(x, eps) if random_init else torch.zeros_like(x)
+    x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
+    step = bcast(step_size, x)
+    for k in range(steps):
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        if k == 0:
+            check_labels(logits, y)
+        (g,) = torch.autograd.grad(loss_fn(logits, y).sum(), x_adv)
+        delta = x_adv.detach() + step * norm.direction(sanitize(g)) - x
+        x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
+    return x_adv.detach()
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str = "linf",
+    eps: float | Tensor = 0.3,
+    steps: int = 40,
+    step_size: float | Tensor | None = None,
+    loss: str = "ce",
+    random_init: bool = True,
+    restarts: int = 1,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """PGD inside the ``norm`` ball of (per-example) radius ``eps`` and the box ``bounds``.
+
+    ``step_size=None`` uses ``2.5 * eps / steps``. With ``restarts > 1`` each
+    further restart attacks only the examples no earlier restart misclassified,
+    and per example the strongest point is kept: a misclassifying one if any
+    restart found one, otherwise the one with the highest loss.
+    """
+    x, y, lo, hi = check_inputs(x, y, bounds)
+    nrm = get_norm(norm)
+    loss_fn = get_loss(loss)
+    eps_t = per_example(eps, x, "eps")
+    check_count(steps, "steps", 0)
+    check_count(restarts, "restarts", 1)
+    if step_size is None:
+        step_t = 2.5 * eps_t / max(steps, 1)
+    else:
+        step_t = per_example(step_size, x, "step_size")
+
+    with frozen(model):
+        best = pgd_steps(model, x, y, nrm, eps_t, steps, step_t, loss_fn, random_init, lo, hi)
+        if restarts == 1:
+            return best
+        with torch.no_grad():
+            logits = model(best)
+            check_labels(logits, y)
+            best_loss = loss_fn(logits, y)
+            best_hit = logits.argmax(1) != y
+        for _ in range(restarts - 1):
+            idx = (~best_hit).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xs, ys = x[idx], y[idx]
+            cand = pgd_steps(model, xs, ys, nrm, eps_t[idx], steps, step_t[idx], loss_fn, random_init, lo, hi)
+            with torch.no_grad():
+                logits = model(cand)
+                cand_loss = loss_fn(logits, ys)
+                cand_hit = logits.argmax(1) != ys
+            better = cand_hit | (cand_loss > best_loss[idx])
+            take = idx[better]
+            best[take] = cand[better]
+            best_loss[take] = cand_loss[better]
+            best_hit[take] = cand_hit[better]
+    return best
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str = "linf",
+    eps: float | Tensor = 0.3,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Fast gradient (sign) method: one full-radius CE step, no random start (FGM for l2)."""
+    return pgd(model, x, y, norm=norm, eps=eps, steps=1, step_size=eps, loss="ce",
+               random_init=False, restarts=1, bounds=bounds)

@@ -1,0 +1,128 @@
+"""All norm-specific math lives here.
+
+Attacks, training objectives and evaluation ask a :class:`Norm` for what they
+need (measure, project, steepest-ascent direction, random start, dual norm)
+and never branch on the norm name themselves, so adding ``"l1"`` touches only
+this module.
+
+Radii are per-example tensors of shape ``[B]``; perturbations have any shape
+``[B, ...]``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+# Guards divisions by a norm; small enough not to move any perturbation that
+# matters at float32 precision.
+_TINY = 1e-12
+
+
+def bcast(v: Tensor, like: Tensor) -> Tensor:
+    """View a per-example vector ``[B]`` so it broadcasts against ``like``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class Norm(ABC):
+    """Interface of a norm; see :class:`LinfNorm` and :class:`L2Norm`."""
+
+    name: str = ""
+
+    @abstractmethod
+    def measure(self, delta: Tensor) -> Tensor:
+        """Per-example norm of ``delta`` (shape ``[B]``)."""
+
+    @abstractmethod
+    def dual(self, g: Tensor) -> Tensor:
+        """Per-example dual norm of ``g``: the rate of a linear function along a unit step."""
+
+    @abstractmethod
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        """Closest point to ``delta`` inside the ball of per-example radius ``eps``."""
+
+    @abstractmethod
+    def direction(self, g: Tensor) -> Tensor:
+        """Unit-norm steepest-ascent direction for gradient ``g`` (0 where ``g`` is 0)."""
+
+    @abstractmethod
+    def random(self, like: Tensor, eps: Tensor) -> Tensor:
+        """A random point inside the ball of radius ``eps``, uniform in volume."""
+
+
+class LinfNorm(Norm):
+    name = "linf"
+
+    def measure(self, delta: Tensor) -> Tensor:
+        return delta.flatten(1).abs().amax(dim=1)
+
+    def dual(self, g: Tensor) -> Tensor:
+        return g.flatten(1).abs().sum(dim=1)
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        e = bcast(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+
+    def direction(self, g: Tensor) -> Tensor:
+        return g.sign()
+
+    def random(self, like: Tensor, eps: Tensor) -> Tensor:
+        u = torch.rand_like(like) * 2 - 1
+        return u * bcast(eps, like)
+
+
+class L2Norm(Norm):
+    name = "l2"
+
+    def measure(self, delta: Tensor) -> Tensor:
+        return delta.flatten(1).norm(p=2, dim=1)
+
+    def dual(self, g: Tensor) -> Tensor:
+        return self.measure(g)
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        n = self.measure(delta)
+        scale = torch.clamp(eps / n.clamp_min(_TINY), max=1.0)
+        return delta * bcast(scale, delta)
+
+    def direction(self, g: Tensor) -> Tensor:
+        n = self.measure(g)
+        return g / bcast(n.clamp_min(_TINY), g)
+
+    def random(self, like: Tensor, eps: Tensor) -> Tensor:
+        # Gaussian direction, radius r·U^(1/d): uniform in the ball's volume.
+        g = torch.randn_like(like)
+        d = g[0].numel()
+        r = torch.rand(like.shape[0], device=like.device, dtype=like.dtype) ** (1.0 / d)
+        return self.direction(g) * bcast(r * eps, like)
+
+
+NORMS: dict[str, Norm] = {n.name: n for n in (LinfNorm(), L2Norm())}
+
+
+def get_norm(name: str | Norm) -> Norm:
+    """Look a norm up by name; a ``ValueError`` names the allowed ones."""
+    if isinstance(name, Norm):
+        return name
+    try:
+        return NORMS[name]
+    except (KeyError, TypeError):
+        allowed = ", ".join(repr(k) for k in NORMS)
+        raise ValueError(f"norm must be one of {allowed}, got {name!r}") from None
+
+
+def per_example(value: float | Tensor, x: Tensor, what: str = "eps") -> Tensor:
+    """Turn a float or tensor radius into a non-negative ``[B]`` tensor on ``x``'s device."""
+    b = x.shape[0]
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device).detach()
+    if t.dim() == 0:
+        t = t.expand(b)
+    t = t.reshape(-1)
+    if t.numel() != b:
+        raise ValueError(f"{what} must be a float or a tensor of {b} per-example values, got {t.numel()}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} must be finite")
+    if bool((t < 0).any()):
+        raise ValueError(f"{what} must be >= 0, got a minimum of {float(t.min()):g}")
+    return t.clone()
