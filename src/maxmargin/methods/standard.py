@@ -1,0 +1,17 @@
+"""Standard (non-robust) training: mean cross-entropy on clean inputs."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Method
+
+
+class Standard(Method):
+    name = "standard"
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
