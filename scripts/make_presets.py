@@ -23,8 +23,8 @@ VAL = {  # validation PGD (eps, step) and the cap of the validation margin estim
                               eps_min=0.005),
     ("cifar10", "l2"): dict(norm="l2", val_pgd_eps=1.0, val_pgd_step=0.25, margin_eps_max=3.5, eps_min=0.5),
 }
-QUICK = dict(dataset="digits", model="small_cnn", optimizer="adam", lr=1e-3, batch_size=50, steps=1500,
-             val_size=1000, eval_every=500, eval_size=500, augment=False, norm="linf", attack_steps=10,
+QUICK = dict(dataset="digits", model="small_cnn", optimizer="adam", lr=1e-3, batch_size=50, steps=1200,
+             val_size=1000, eval_every=400, eval_size=500, augment=False, norm="linf", attack_steps=10,
              val_pgd_eps=0.3, val_pgd_step=0.03, val_pgd_steps=20, margin_eps_max=0.5, margin_steps=20,
              eps_min=0.1)
 
@@ -84,7 +84,7 @@ def main() -> None:
                                  **QUICK, method="standard"))
     # PGD-AT at 0.3 from scratch stalls at chance in this budget; PGDLS ramps eps up first.
     write("quick-pgd", dict(description="bundled digits, small CNN, PGD-AT (PGDLS) linf eps 0.3 (CPU minutes)",
-                            **QUICK, method="pgd", eps=0.3, pgdls_steps=750))
+                            **QUICK, method="pgd", eps=0.3, pgdls_steps=600))
     write("quick-mma", dict(description="bundled digits, small CNN, MMA linf d_max 0.45 (CPU minutes)",
                             **QUICK, method="mma", d_max=0.45, search_steps=10))
     write("quick-omma", dict(description="bundled digits, small CNN, OMMA linf d_max 0.45 (CPU minutes)",

@@ -120,3 +120,32 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "maxmargin", "train", "--preset", "nope", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("maxmargin: error: unknown preset")
+
+
+def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypatch, capsys):
+    import json
+
+    import maxmargin.quickstart as qs
+    from maxmargin.config import load_preset
+
+    def tiny(name):
+        cfg = load_preset(name)
+        for k, v in dict(steps=4, eval_every=4, batch_size=20, attack_steps=2, eval_size=20, val_pgd_steps=2,
+                         margin_steps=2).items():
+            setattr(cfg, k, v)
+        return cfg
+
+    monkeypatch.setattr(qs, "load_preset", tiny)
+    monkeypatch.setattr(qs, "N_TEST", 20)
+    table = qs.quickstart(tmp_path, device="cpu", progress=False)
+    assert all(name in table for name in qs.PRESETS)
+    for name in qs.PRESETS:
+        ev = json.loads((tmp_path / name / "eval.json").read_text())
+        acc = [ev["robust_accuracy"][str(e)] for e in qs.EPS]
+        assert ev["n"] == 20 and acc == sorted(acc, reverse=True) and acc[0] <= ev["clean_accuracy"]
+        for f in ("report.md", "robust_accuracy.png", "margin_hist.png", "margin_cdf.png"):
+            assert (tmp_path / name / f).is_file(), f
+    assert (tmp_path / "compare.md").is_file() and (tmp_path / "compare.png").is_file()
+    # a second call reuses the finished runs instead of training again
+    qs.quickstart(tmp_path, device="cpu", progress=False)
+    assert capsys.readouterr().out.count("reusing the finished run") == 3

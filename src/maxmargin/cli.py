@@ -66,6 +66,59 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_run import eval_run, parse_eps
+
+    r = eval_run(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
+                 transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
+                 batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
+                 margins=True if args.margins else None, progress=not args.quiet, seed=args.seed)
+    print(f"clean accuracy {r.clean_accuracy:.4f}; robust accuracy " +
+          ", ".join(f"{e:.4g}: {a:.4f}" for e, a in r.robust_accuracy.items()) +
+          f"; average {r.average_robust_accuracy:.4f}")
+    for flag in r.flags:
+        print(f"WARNING: {flag}")
+    return 0
+
+
+def cmd_margin(args: argparse.Namespace) -> int:
+    from .eval_run import margin_run
+
+    st = margin_run(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size, device=args.device,
+                    data_dir=args.data, eps_max=args.eps_max, seed=args.seed)
+    q = st["quantiles"]
+    print(f"{st['n']} examples ({st['norm']}): mean margin {st['mean']:.4f}, median {st['median']:.4f}, "
+          f"10%/90% {q['0.1']:.4f}/{q['0.9']:.4f}, misclassified {st['zero_fraction']:.3f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import compare_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent
+    print(compare_runs([Path(r) for r in args.runs], out))
+    print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    reproduce(args.experiment, scale=args.scale, out=Path(args.out), data_dir=args.data, device=args.device,
+              n=args.n, progress=not args.quiet)
+    return 0
+
+
+def _eval_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--out", help="folder for the outputs (default: the run directory)")
+    p.add_argument("--n", type=int, help="evaluate the first N test examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--data", help="dataset folder, if the run's config does not say")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maxmargin", description="Max-margin adversarial training and evaluation.")
     p.add_argument("--version", action="version", version=f"maxmargin {__version__}")
@@ -87,6 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="robust accuracy over an ε grid, with gradient-masking checks")
+    _eval_common(e)
+    e.add_argument("--protocol", default="quick", choices=["quick", "paper", "autoattack"])
+    e.add_argument("--eps", help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
+    e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("margin", help="per-example margin estimates on the test split, with plots")
+    _eval_common(m)
+    m.add_argument("--eps-max", type=float, help="cap of the search (default 0.5 for linf, 8 for l2)")
+    m.set_defaults(func=cmd_margin)
+
+    r = sub.add_parser("report", help="compare evaluated runs in one table and one plot")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", help="folder for compare.md and compare.png (default: the first run's parent)")
+    r.set_defaults(func=cmd_report)
+
+    rp = sub.add_parser("reproduce", help="train standard, PGD and MMA models and run the paper's Table-1 protocol")
+    rp.add_argument("experiment", choices=["mnist-linf"])
+    rp.add_argument("--scale", default="quick", choices=["quick", "paper"])
+    rp.add_argument("--out", default="runs/reproduce")
+    rp.add_argument("--data", help="MNIST IDX folder (paper scale)")
+    rp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    rp.add_argument("--n", type=int, help="test examples to evaluate (default 300 quick, all paper)")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_reproduce)
 
     ps = sub.add_parser("presets", help="list the presets with one line each")
     ps.set_defaults(func=cmd_presets)

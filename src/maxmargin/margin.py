@@ -29,7 +29,7 @@ def estimate_margin(
     restarts: int = 1,
     bounds: Bounds = (0.0, 1.0),
     targets: int = 9,
-    rounds: int = 2,
+    rounds: int = 3,
 ) -> Tensor:
     """Upper bound on each example's margin ``min ‖δ‖ s.t. LM(x + δ, y) ≥ 0``.
 
@@ -85,3 +85,18 @@ def estimate_margin(
             best = torch.minimum(best, est)
         margin[idx] = best
     return margin
+
+
+def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, batch_size: int = 500,
+                  bounds: Bounds = (0.0, 1.0)) -> Tensor:
+    """:func:`estimate_margin` over a large set in batches, with the evaluation's settings.
+
+    50 PGD steps towards each of the 3 runner-up classes, 3 rounds: on
+    trained networks further rounds tighten the estimate far more than
+    further target classes (measured on the quick MMA model: mean margin
+    0.336 with 3×3, 0.444 with 9 targets × 1 round, 0.345 with 9 × 2 at twice
+    the cost)."""
+    return torch.cat([estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm,
+                                      eps_max=eps_max, steps=50, search_steps=12, targets=3, rounds=3,
+                                      bounds=bounds)
+                      for s in range(0, x.shape[0], batch_size)])

@@ -1,0 +1,148 @@
+"""Time per training step of Standard, PGD-AT and MMA, against each step's floor.
+
+    python benchmarks/training.py [--batch 50 128] [--steps 10 40] [--device cpu] [--out benchmarks/training.json]
+
+The floor of a step is the passes it needs, counted with a forward hook
+(examples per pass; training fwd+bwd, attack fwd+bwd w.r.t. the input, or
+forward-only), times single-pass times measured at those batch sizes. The
+model is LeNet5 trained briefly on the bundled digits so that, as in real MMA
+training, most examples are classified correctly.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from maxmargin.data import load_dataset
+from maxmargin.methods import MMA, PGDAT, Standard
+from maxmargin.models import LeNet5
+
+from _timing import device_info, timeit, write_json
+
+
+class PassCounter:
+    """Records (kind, batch size) of every forward pass of ``model``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.passes: Counter = Counter()
+        self.on = False
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        if not self.on:
+            return
+        n = inputs[0].shape[0]
+        if not torch.is_grad_enabled():
+            kind = "forward"
+        elif module.training:
+            kind = "train"
+        else:
+            kind = "attack"
+        self.passes[(kind, n)] += 1
+
+
+def pretrain(model, ds, device, steps: int = 300) -> None:
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(ds.train), (50,), generator=g).to(device)
+        loss = F.cross_entropy(model(ds.train.images(idx)), ds.train.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, nargs="+", default=[50, 128])
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 40])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/training.json")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    ds = load_dataset("digits", device=dev)
+    model = LeNet5().to(dev)
+    pretrain(model, ds, dev)
+    counter = PassCounter(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: every repeat sees the same model
+    cache: dict = {}
+
+    def pass_time(kind: str, n: int) -> float:
+        if (kind, n) not in cache:
+            x, y = ds.train.images(slice(0, n)), ds.train.y[:n]
+            if kind == "train":
+                def f():
+                    model.train()
+                    loss = F.cross_entropy(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+            elif kind == "attack":
+                def f():
+                    model.eval()
+                    xr = x.clone().requires_grad_(True)
+                    torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+            else:
+                def f():
+                    model.eval()
+                    with torch.no_grad():
+                        model(x)
+            # amortized over 5 back-to-back passes, as a training step runs them
+            cache[(kind, n)] = timeit(lambda: [f() for _ in range(5)], args.repeats) / 5
+        return cache[(kind, n)]
+
+    rows = []
+    print(f"{'method':<22}{'batch':>6}{'ms/step':>10}{'floor ms':>10}{'ratio':>8}   passes")
+    for b in args.batch:
+        x, y = ds.train.images(slice(0, b)), ds.train.y[:b]
+        idx = torch.arange(b, device=dev)
+        with torch.no_grad():
+            acc = float((model.eval()(x).argmax(1) == y).float().mean())
+        methods = {"standard": Standard()}
+        for k in args.steps:
+            methods[f"pgd-at K={k}"] = PGDAT("linf", 0.3, steps=k)
+            for search in ("bisect", "secant"):
+                mma = MMA("linf", 0.45, 0.1, steps=k, num_examples=len(ds.train), search=search, device=dev)
+                mma.eps[idx] = 0.2                                # a warm memory, as mid-training
+                methods[f"mma K={k} {search}"] = mma
+        by_name = {}
+        for name, method in methods.items():
+            state = method.state_dict()
+
+            def step():
+                if state:
+                    method.load_state_dict(state)
+                model.train()
+                loss, _ = method.loss(model, x, y, idx)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            torch.manual_seed(1)
+            counter.passes.clear()
+            counter.on = True
+            step()
+            counter.on = False
+            passes = dict(counter.passes)
+            t = timeit(step, args.repeats)
+            floor = sum(c * pass_time(kind, n) for (kind, n), c in passes.items())
+            summary = " ".join(f"{kind}:{n}×{c}" for (kind, n), c in sorted(passes.items()))
+            print(f"{name:<22}{b:>6}{t * 1e3:>10.1f}{floor * 1e3:>10.1f}{t / floor:>8.3f}   {summary}")
+            row = {"method": name, "batch": b, "clean_acc": acc, "seconds": t, "floor_seconds": floor,
+                   "ratio_to_floor": t / floor, "passes": {f"{k}:{n}": c for (k, n), c in passes.items()}}
+            rows.append(row)
+            by_name[name] = row
+        for k in args.steps:
+            for search in ("bisect", "secant"):
+                r = by_name[f"mma K={k} {search}"]["seconds"] / by_name[f"pgd-at K={k}"]["seconds"]
+                print(f"  batch {b}: MMA ({search}) / PGD-AT at K={k}: {r:.2f}×")
+                rows.append({"comparison": f"mma-{search}/pgd-at", "K": k, "batch": b, "ratio": r})
+    write_json(args.out, {"benchmark": "training", "model": "LeNet5", **device_info(dev), "results": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Signs of gradient masking in an evaluation (AutoAttack's lesson: say so when PGD looks too good).
+
+Each flag is one sentence: what was seen and what to do about it.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .attacks._common import Bounds, frozen
+from .losses import cross_entropy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evaluate import EvalResult
+
+MONOTONE_SLACK = 0.005      # robust accuracy may wobble by half a point between separate runs
+CHANCE_SLACK = 0.05
+CDF_SLACK = 0.05           # a stronger search beating PGD by a few points is normal; by 5 it is a sign
+DEAD_GRADIENTS = 0.10       # share of examples with zero or non-finite input gradients
+
+
+def universal_eps(norm: str, shape: tuple[int, ...], bounds: Bounds) -> float:
+    """A radius at which every input can be moved to the middle of the box (e.g. a gray image)."""
+    half = (bounds[1] - bounds[0]) / 2
+    d = math.prod(shape)
+    return half if norm == "linf" else half * math.sqrt(d)
+
+
+def dead_gradient_share(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+    """Fraction of examples whose input gradient of the CE loss is all zero or not finite."""
+    dead = 0
+    with frozen(model):
+        for s in range(0, x.shape[0], batch_size):
+            xs = x[s:s + batch_size].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(cross_entropy(model(xs), y[s:s + batch_size]).sum(), xs)
+            g = g.flatten(1)
+            dead += int(((g.abs().amax(1) == 0) | ~torch.isfinite(g).all(1)).sum())
+    return dead / max(x.shape[0], 1)
+
+
+def masking_flags(model: nn.Module, x: Tensor, y: Tensor, result: "EvalResult", bounds: Bounds,
+                  batch_size: int = 500) -> list[str]:
+    flags: list[str] = []
+    grid, acc = result.eps, result.robust_accuracy
+    hint = "re-run with --protocol autoattack and check the model for gradient masking"
+
+    order = sorted(grid)
+    for a, b in zip(order, order[1:]):
+        if acc[b] > acc[a] + MONOTONE_SLACK:
+            flags.append(f"robust accuracy rises with ε ({acc[a]:.3f} at {a:g}, {acc[b]:.3f} at {b:g}): "
+                         f"the attacks are failing, not the model succeeding; {hint}")
+            break
+
+    ueps = universal_eps(result.norm, tuple(x.shape[1:]), bounds)
+    chance = float(torch.bincount(y.cpu()).max()) / max(len(y), 1)
+    for e in grid:
+        if e >= ueps and acc[e] > chance + CHANCE_SLACK:
+            flags.append(f"robust accuracy {acc[e]:.3f} at ε={e:g}, where every input can be moved to the middle "
+                         f"of the box, exceeds chance ({chance:.3f}); {hint}")
+            break
+
+    beaters = {"fgsm": "FGSM", "random-search": "random search", "transfer-pgd": "a transfer attack"}
+    for row in result.attacks:
+        # these run after white-box PGD, so anything they break PGD missed
+        if row["attack"] in beaters and row["newly_broken"] > 0:
+            src = f" from {row['source']}" if row["attack"] == "transfer-pgd" else ""
+            flags.append(f"{beaters[row['attack']]}{src} broke {row['newly_broken']} examples at ε={row['eps']:g} "
+                         f"that white-box PGD missed: its gradients do not lead to the adversarial points; {hint}")
+            break
+    for row in result.attacks:
+        if row["attack"] == "margin-search" and row["newly_broken"] > CDF_SLACK * len(y):
+            flags.append(f"the margin search found adversarial points within ε={row['eps']:g} for "
+                         f"{row['newly_broken']} examples all other attacks missed; {hint}")
+            break
+
+    cdf = result.margin_cdf_accuracy()
+    if cdf is not None and not any(r["attack"] == "margin-search" for r in result.attacks):
+        for e in grid:
+            if acc[e] > cdf[e] + CDF_SLACK:
+                flags.append(f"robust accuracy {acc[e]:.3f} at ε={e:g} is above what the margins predict "
+                             f"({cdf[e]:.3f}): the attacks miss adversarial points the margin search found; {hint}")
+                break
+
+    share = dead_gradient_share(model, x, y, batch_size)
+    if share > DEAD_GRADIENTS:
+        flags.append(f"input gradients are zero or not finite on {share:.0%} of examples: gradient-based attacks "
+                     f"cannot work here (masked or shattered gradients); {hint}")
+    return flags

@@ -1,0 +1,104 @@
+"""Evaluate and measure margins of a trained run: what ``maxmargin eval`` and ``maxmargin margin`` do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import load_model
+from .config import write_atomic
+from .data import load_dataset
+from .errors import UserError
+from .evaluate import EvalResult, default_eps_grid, evaluate
+from .margin import margin_search
+from .report import margin_stats, plot_margins, write_eval_report
+from .train import resolve_device
+
+MARGIN_CAPS = {"linf": 0.5, "l2": 8.0}
+
+
+def run_dir_of(path: Path) -> Path:
+    """A run directory, or the run directory a checkpoint file belongs to (else its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return path.parent
+
+
+def test_data(cfg, data_dir: str | None, device: torch.device, n: int | None, split: str):
+    ds = load_dataset(cfg.dataset, data_dir if data_dir is not None else cfg.data_dir, cfg.val_size, device)
+    part = {"test": ds.test, "val": ds.val}[split]
+    n = len(part) if n is None or n <= 0 else min(n, len(part))
+    return part.images(slice(0, n)), part.y[:n]
+
+
+def parse_eps(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(float(item.split("/")[0]) / float(item.split("/")[1]) if "/" in item else float(item))
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"--eps {text!r}: expected numbers like 0.1,0.2 or 8/255") from None
+    if not out:
+        raise UserError("--eps needs at least one value")
+    if any(e < 0 for e in out):
+        raise UserError(f"--eps values must be >= 0, got {text!r}")
+    return out
+
+
+def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None = None,
+             transfer_from: Sequence[Path] = (), out: Path | None = None, n: int | None = None,
+             batch_size: int = 500, device: str = "auto", data_dir: str | None = None, split: str = "test",
+             margins: bool | None = None, progress: bool = True, seed: int = 0) -> EvalResult:
+    dev = resolve_device(device)
+    model, cfg, ckpt = load_model(target, dev)
+    sources, names = [], []
+    for src in transfer_from:
+        m, _, _ = load_model(src, dev)
+        sources.append(m)
+        names.append(run_dir_of(src).name)
+    torch.manual_seed(seed)
+    x, y = test_data(cfg, data_dir, dev, n, split)
+    grid = list(eps) if eps is not None else default_eps_grid(cfg.dataset, cfg.norm)
+    use_margins = protocol == "paper" if margins is None else margins
+    m = None
+    if use_margins:
+        m = margin_search(model, x, y, cfg.norm, 2 * max(grid), batch_size)
+    result = evaluate(model, x, y, norm=cfg.norm, eps=grid, protocol=protocol, sources=sources,
+                      batch_size=batch_size, margins=m, margin_attack=use_margins, source_names=names,
+                      progress=progress)
+    out = Path(out) if out is not None else run_dir_of(target)
+    write_eval_report(result, out, f"Evaluation of {run_dir_of(target).name}",
+                      {"checkpoint": str(target), "step": ckpt.get("step"), "split": split,
+                       "transfer_from": [str(s) for s in transfer_from], "seed": seed})
+    return result
+
+
+def margin_run(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
+               device: str = "auto", data_dir: str | None = None, eps_max: float | None = None,
+               seed: int = 0) -> dict:
+    dev = resolve_device(device)
+    model, cfg, _ = load_model(target, dev)
+    torch.manual_seed(seed)
+    x, y = test_data(cfg, data_dir, dev, n, "test")
+    cap = eps_max if eps_max is not None else MARGIN_CAPS[cfg.norm]
+    if cap <= 0:
+        raise UserError("--eps-max must be > 0")
+    m = margin_search(model, x, y, cfg.norm, cap, batch_size)
+    out = Path(out) if out is not None else run_dir_of(target)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {"norm": cfg.norm, "cap": cap, **margin_stats(m)}
+    write_atomic(out / "margins.json", json.dumps(stats, indent=2))
+    torch.save(m.cpu(), out / "margins.pt.tmp")
+    (out / "margins.pt.tmp").replace(out / "margins.pt")
+    plot_margins(m, out, cfg.norm, cap)
+    return stats

@@ -1,0 +1,148 @@
+"""Reports: ``eval.json``, ``report.md`` and PNG plots for one run, and comparisons of several."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from .config import write_atomic  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .evaluate import EvalResult  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def margin_stats(m: Tensor) -> dict[str, Any]:
+    m = m.float().cpu()
+    return {"n": int(m.numel()), "mean": float(m.mean()), "median": float(m.median()),
+            "zero_fraction": float((m == 0).float().mean()),
+            "quantiles": {str(q): float(torch.quantile(m, q)) for q in (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)}}
+
+
+def plot_margins(m: Tensor, out: Path, norm: str, eps_max: float | None = None,
+                 attack_curve: dict[float, float] | None = None) -> list[Path]:
+    """Histogram and CDF of the margins; the attack curve, if given, beside the CDF prediction."""
+    m = m.float().cpu()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(m.numpy(), bins=40, color="#4477aa")
+    ax.set_xlabel(f"margin ({norm})")
+    ax.set_ylabel("examples")
+    ax.set_title("margin histogram (0 = misclassified)")
+    _save(fig, out / "margin_hist.png")
+    xs = torch.linspace(0, float(m.max()) if eps_max is None else eps_max, 200)
+    pred = [(m > v).float().mean().item() for v in xs]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(xs.numpy(), pred, label="fraction with margin > ε (predicted robust accuracy)")
+    if attack_curve:
+        e = sorted(attack_curve)
+        ax.plot(e, [attack_curve[v] for v in e], "o-", label="robust accuracy under attack")
+    ax.set_xlabel(f"ε ({norm})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    _save(fig, out / "margin_cdf.png")
+    return [out / "margin_hist.png", out / "margin_cdf.png"]
+
+
+def plot_robust_accuracy(result: EvalResult, out: Path) -> Path:
+    """Robust accuracy against ε after each attack of the sequence (the paper's Figure 3 style)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, curve in result.by_attack.items():
+        e = sorted(curve)
+        ax.plot(e, [curve[v] for v in e], marker=".", linewidth=1, label=f"after {name}")
+    e = sorted(result.robust_accuracy)
+    ax.plot(e, [result.robust_accuracy[v] for v in e], "k-o", linewidth=2, label="all attacks (reported)")
+    cdf = result.margin_cdf_accuracy()
+    if cdf:
+        ax.plot(e, [cdf[v] for v in e], "--", color="gray", label="margin CDF prediction")
+    ax.set_xlabel(f"ε ({result.norm})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title(f"protocol: {result.protocol}")
+    path = out / "robust_accuracy.png"
+    _save(fig, path)
+    return path
+
+
+def eval_markdown(result: EvalResult, title: str) -> str:
+    lines = [f"# {title}", "", f"Protocol **{result.protocol}**, norm {result.norm}, "
+             f"{result.robust.shape[1]} examples. An example is robust at ε only if every attack failed.", "",
+             f"- clean accuracy: **{result.clean_accuracy:.4f}**",
+             f"- average robust accuracy over the grid: **{result.average_robust_accuracy:.4f}**", ""]
+    cdf = result.margin_cdf_accuracy()
+    head = "| ε | robust accuracy |" + (" margin CDF |" if cdf else "")
+    lines += [head, "|---|---|" + ("---|" if cdf else "")]
+    for e in result.eps:
+        lines.append(f"| {e:.4g} | {result.robust_accuracy[e]:.4f} |" + (f" {cdf[e]:.4f} |" if cdf else ""))
+    lines += ["", "## Attacks (in the order they ran; each saw only the survivors)", "",
+              "| attack | ε | steps | restarts | source | newly broken | accuracy after |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result.attacks:
+        lines.append(f"| {r['attack']} | {r['eps']:.4g} | {r['steps']} | {r['restarts']} | {r['source']} | "
+                     f"{r['newly_broken']} | {r['accuracy_after']:.4f} |")
+    lines += ["", "## Gradient-masking checks", ""]
+    lines += [f"- ⚠ {f}" for f in result.flags] if result.flags else ["- none raised"]
+    lines += ["", "![robust accuracy](robust_accuracy.png)"]
+    if result.margins is not None:
+        lines += ["", "## Margins", "", f"mean {float(result.margins.mean()):.4f}, median "
+                  f"{float(result.margins.median()):.4f}", "", "![margin histogram](margin_hist.png)",
+                  "![margin CDF](margin_cdf.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_eval_report(result: EvalResult, out: Path, title: str, extra: dict[str, Any] | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"title": title, **(extra or {}), **result.to_dict()}
+    write_atomic(out / "eval.json", json.dumps(payload, indent=2))
+    plot_robust_accuracy(result, out)
+    if result.margins is not None:
+        plot_margins(result.margins, out, result.norm, max(result.eps) * 1.5, result.robust_accuracy)
+    write_atomic(out / "report.md", eval_markdown(result, title))
+
+
+def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
+    """One table and one plot of robust accuracy vs ε over several evaluated runs."""
+    evals = []
+    for d in run_dirs:
+        f = Path(d) / "eval.json"
+        if not f.is_file():
+            raise UserError(f"{f} is missing; run `maxmargin eval {d}` first")
+        try:
+            evals.append((Path(d).name, json.loads(f.read_text())))
+        except json.JSONDecodeError:
+            raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {d}`") from None
+    grid = sorted({float(e) for _, ev in evals for e in ev["eps"]})
+    head = "| run | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) + " | avg | avg margin | flags |"
+    lines = [head, "|" + "---|" * (len(grid) + 6)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, ev in evals:
+        ra = {float(k): v for k, v in ev["robust_accuracy"].items()}
+        cells = [f"{ra[e]:.3f}" if e in ra else "–" for e in grid]
+        margin = f"{ev['margin']['mean']:.3f}" if "margin" in ev else "–"
+        lines.append(f"| {name} | {ev['protocol']} | {ev['clean_accuracy']:.3f} | " + " | ".join(cells) +
+                     f" | {ev['average_robust_accuracy']:.3f} | {margin} | {len(ev['flags'])} |")
+        e = sorted(ra)
+        ax.plot(e, [ra[v] for v in e], "o-", label=name)
+    ax.set_xlabel("ε")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(fig, out / "compare.png")
+    text = "# Comparison\n\n" + "\n".join(lines) + "\n\n![robust accuracy](compare.png)\n"
+    write_atomic(out / "compare.md", text)
+    return "\n".join(lines)
