@@ -31,7 +31,7 @@ def confident_labels(model: torch.nn.Module, x: torch.Tensor, share: float = 0.9
     return y
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 40])
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/attacks.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -73,10 +73,11 @@ def main() -> None:
                      "ratio": t_an / floor_an, "ratio_to_pgd": t_an / t})
         for r in rows[-2:]:
             print(f"{r['attack']:<28}{r['seconds'] * 1e3:>10.2f}{r['floor_seconds'] * 1e3:>10.2f}{r['ratio']:>8.3f}")
-    write_json(args.out, {"benchmark": "attacks", "model": "LeNet5", "batch": args.batch,
-                          **device_info(dev), "pass_seconds": t_pass, "forward_seconds": t_fwd,
-                          "results": rows})
+    payload = {"benchmark": "attacks", "model": "LeNet5", "batch": args.batch, **device_info(dev),
+               "pass_seconds": t_pass, "forward_seconds": t_fwd, "results": rows}
+    write_json(args.out, payload)
+    return payload
 
 
 if __name__ == "__main__":
-    main()
+    run()

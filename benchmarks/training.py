@@ -55,14 +55,14 @@ def pretrain(model, ds, device, steps: int = 300) -> None:
         opt.step()
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[50, 128])
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 40])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/training.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     ds = load_dataset("digits", device=dev)
@@ -141,8 +141,10 @@ def main() -> None:
                 r = by_name[f"mma K={k} {search}"]["seconds"] / by_name[f"pgd-at K={k}"]["seconds"]
                 print(f"  batch {b}: MMA ({search}) / PGD-AT at K={k}: {r:.2f}×")
                 rows.append({"comparison": f"mma-{search}/pgd-at", "K": k, "batch": b, "ratio": r})
-    write_json(args.out, {"benchmark": "training", "model": "LeNet5", **device_info(dev), "results": rows})
+    payload = {"benchmark": "training", "model": "LeNet5", **device_info(dev), "results": rows}
+    write_json(args.out, payload)
+    return payload
 
 
 if __name__ == "__main__":
-    main()
+    run()

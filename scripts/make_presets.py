@@ -89,6 +89,30 @@ def main() -> None:
                             **QUICK, method="mma", d_max=0.45, search_steps=10))
     write("quick-omma", dict(description="bundled digits, small CNN, OMMA linf d_max 0.45 (CPU minutes)",
                              **QUICK, method="mma", d_max=0.45, clean_weight=0.0, search_steps=10))
+    # TRADES: the reference scripts' inner PGD (MNIST 40 × 0.01, CIFAR 10 × 0.007), beta 6 as issue #6 asks
+    write("mnist-linf-trades-0.3", dict(description="MNIST linf TRADES, eps 0.3, beta 6 (paper scale)", **MNIST,
+                                        **VAL[("mnist", "linf")], method="trades", eps=0.3, beta=6.0,
+                                        attack_step=0.01))
+    write("cifar10-linf-trades-8", dict(description="CIFAR10 linf TRADES, eps 8/255, beta 6 (paper scale)",
+                                        **CIFAR, **VAL[("cifar10", "linf")], method="trades", eps=0.031, beta=6.0,
+                                        attack_step=0.007))
+    # AMM: the authors' one published recipe (MNIST MLP 784-800-800-10, SGD 0.005, λ 32, c 2, d 1, min)
+    amm = dict(method="amm", amm_lam=32.0, amm_c=2.0, amm_d=1.0, amm_top_k=10, amm_iters=5, amm_overshoot=0.02)
+    write("mnist-amm", dict(description="MNIST MLP-800 AMM, the authors' recipe (lambda 32, c 2, d 1, min)",
+                            **{**MNIST, "model": "mlp800", "optimizer": "sgd", "lr": 0.005, "momentum": 0.9,
+                               "weight_decay": 1e-4, "batch_size": 100, "steps": 60_000, "grad_clip": 10.0,
+                               "lr_milestones": [30_000, 48_000], "lr_values": [0.0005, 0.00005]},
+                            **VAL[("mnist", "linf")], **amm, amm_aggregation="min", amm_grad_eps=5e-6))
+    write("cifar10-amm", dict(description="CIFAR10 WRN-28-4 AMM (lambda 32, c 2, d 1, avg; not a published recipe)",
+                              **CIFAR, **VAL[("cifar10", "linf")], **amm, amm_aggregation="avg"))
+    write("quick-trades", dict(description="bundled digits, small CNN, TRADES linf eps 0.3, beta 6 (CPU minutes)",
+                               **QUICK, method="trades", eps=0.3, beta=6.0))
+    write("quick-amm", dict(description="bundled digits, small CNN, AMM (lambda 1, c 2, d 1, top-3) (CPU minutes)",
+                            **{**QUICK, "steps": 800}, method="amm", amm_lam=1.0, amm_c=2.0, amm_d=1.0, amm_top_k=3,
+                            amm_iters=3))
+    write("quick-mma-ddn", dict(description="bundled digits, small CNN, MMA l2 d_max 2.0 with DDN inside (CPU minutes)",
+                                **{**QUICK, "norm": "l2", "val_pgd_eps": 2.0, "val_pgd_step": 0.25,
+                                   "margin_eps_max": 4.0, "eps_min": 0.5}, method="mma", d_max=2.0, inner="ddn"))
     print(f"wrote {len(list(OUT.glob('*.toml')))} presets to {OUT}")
 
 

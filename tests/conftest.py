@@ -77,3 +77,14 @@ def linear_problem(norm: str, dim: int = 20, classes: int = 10, batch: int = 64,
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def tiny_preset(name: str):
+    """A preset shrunk to a few steps and tiny evaluations, for end-to-end tests of whole commands."""
+    from maxmargin.config import load_preset
+
+    cfg = load_preset(name)
+    for key, value in dict(steps=4, eval_every=4, batch_size=20, attack_steps=2, eval_size=20, val_pgd_steps=2,
+                           margin_steps=2).items():
+        setattr(cfg, key, value)
+    return cfg

@@ -13,7 +13,7 @@ from maxmargin.data import load_dataset
 from maxmargin.evaluate import AttackSpec, evaluate
 from maxmargin.models import SmallCNN
 
-from conftest import linear_problem
+from conftest import linear_problem, tiny_preset
 
 WIDE = (-100.0, 100.0)
 
@@ -183,3 +183,27 @@ def test_eval_cli_error_paths(tmp_path, capsys):
         import pyautoattack  # noqa: F401
     except ImportError:
         _exit_2(capsys, ["eval", str(run), "--protocol", "autoattack", "--n", "5"], "pip install")
+
+
+def test_autoattack_protocol_when_installed(trained_small_cnn):
+    pytest.importorskip("pyautoattack", reason="optional extra: pip install -e '.[autoattack]'")
+    model, x, y = trained_small_cnn
+    x, y = x[:16], y[:16]
+    quick = evaluate(model, x, y, norm="linf", eps=[0.1], protocol="quick")
+    aa = evaluate(model, x, y, norm="linf", eps=[0.1], protocol="autoattack")
+    # AutoAttack is at least as strong as one PGD-CE and one PGD-CW run, up to a stray example
+    assert aa.robust_accuracy[0.1] <= quick.robust_accuracy[0.1] + 1 / 16
+
+
+def test_reproduce_quick_writes_one_report(tmp_path, monkeypatch):
+    import maxmargin.reproduce as rp
+
+    monkeypatch.setattr(rp, "load_preset", tiny_preset)
+    monkeypatch.setattr(rp, "GRID", [0.2])
+    table = rp.reproduce("mnist-linf", scale="quick", out=tmp_path, n=8, progress=False)
+    assert all(label in table for label in ("standard", "pgd-0.3", "mma-0.45"))
+    text = (tmp_path / "quick" / "reproduce.md").read_text()
+    assert "transfer" in text and (tmp_path / "quick" / "compare.png").is_file()
+    ev = json.loads((tmp_path / "quick" / "mma-0.45" / "eval.json").read_text())
+    sources = {row["source"] for row in ev["attacks"] if row["attack"] == "transfer-pgd"}
+    assert sources == {"standard", "pgd-0.3"}

@@ -126,16 +126,10 @@ def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypa
     import json
 
     import maxmargin.quickstart as qs
-    from maxmargin.config import load_preset
 
-    def tiny(name):
-        cfg = load_preset(name)
-        for k, v in dict(steps=4, eval_every=4, batch_size=20, attack_steps=2, eval_size=20, val_pgd_steps=2,
-                         margin_steps=2).items():
-            setattr(cfg, k, v)
-        return cfg
+    from conftest import tiny_preset
 
-    monkeypatch.setattr(qs, "load_preset", tiny)
+    monkeypatch.setattr(qs, "load_preset", tiny_preset)
     monkeypatch.setattr(qs, "N_TEST", 20)
     table = qs.quickstart(tmp_path, device="cpu", progress=False)
     assert all(name in table for name in qs.PRESETS)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,9 +46,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
+    from .distributed import shutdown
+
     cfg, out = resolve_config(args)
-    result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    print(f"run directory: {result['out']} (best average validation margin {result['best_margin']:.4f})")
+    try:
+        result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {result['out']} (best average validation margin {result['best_margin']:.4f})")
     return 0
 
 
@@ -62,7 +69,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(Path(args.out), device=args.device, progress=not args.quiet)
+    quickstart(Path(args.out), device=args.device, progress=not args.quiet, methods=args.methods)
     return 0
 
 
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train standard, PGD-AT and MMA on the bundled digits and compare")
     q.add_argument("--out", default="runs/quickstart", help="folder for the three runs (default runs/quickstart)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--methods", help="comma-separated: standard,pgd,mma,omma,trades,amm,mma-ddn "
+                                     "(default standard,pgd,mma)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quickstart)
 

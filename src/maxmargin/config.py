@@ -34,9 +34,9 @@ class Config:
     val_size: int = 1000
     augment: bool = False                # reflect-pad 4 + random crop + horizontal flip
     # model
-    model: str = "small_cnn"             # lenet5 | small_cnn | wrn28_4
+    model: str = "small_cnn"             # lenet5 | small_cnn | wrn28_4 | mlp800
     # objective
-    method: str = "standard"             # standard | pgd | mma
+    method: str = "standard"             # standard | pgd | mma | trades | amm
     norm: str = "linf"
     eps: float = 0.3                     # PGD-AT radius
     pgdls_steps: int = 0                 # PGDLS: eps grows linearly over this many steps (0 = off)
@@ -48,6 +48,18 @@ class Config:
     search: str = "bisect"               # MMA: bisect (paper) | secant (fewer passes, same resolution)
     eps_inc: Optional[float] = None      # MMA: None = official bracket; a number = preprint bracket
     refine: bool = False                 # MMA: second PGD at the radius found (preprint)
+    inner: str = "anpgd"                 # MMA: anpgd | ddn (L2 only)
+    ddn_gamma: float = 0.05              # MMA with inner=ddn: radius change per step
+    beta: float = 6.0                    # TRADES: weight of the KL term
+    attack_step: Optional[float] = None  # TRADES: step of the KL PGD (None = 2.5·eps/attack_steps)
+    amm_lam: float = 32.0                # AMM: λ
+    amm_c: float = 2.0                   # AMM: shrinkage on correct examples, λ·exp(−c‖r‖)
+    amm_d: float = 1.0                   # AMM: growth on misclassified ones, λ·exp(d‖r‖)
+    amm_top_k: int = 10
+    amm_iters: int = 5
+    amm_overshoot: float = 0.02
+    amm_aggregation: str = "avg"         # avg | min
+    amm_grad_eps: float = 1e-5
     # optimisation
     optimizer: str = "adam"              # adam | sgd
     lr: float = 1e-4
@@ -70,6 +82,9 @@ class Config:
     # run
     seed: int = 0
     device: str = "auto"
+    amp: str = "off"                     # off | bf16 (CUDA only: model arithmetic in bf16, attacks stay float32)
+    channels_last: bool = False          # CUDA only
+    compile: bool = False                # CUDA only: torch.compile the model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,16 +94,21 @@ _HINTS = get_type_hints(Config)
 KEYS = [f.name for f in fields(Config)]
 CHOICES = {
     "dataset": ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100"),
-    "model": ("lenet5", "small_cnn", "wrn28_4"),
-    "method": ("standard", "pgd", "mma"),
+    "model": ("lenet5", "small_cnn", "wrn28_4", "mlp800"),
+    "method": ("standard", "pgd", "mma", "trades", "amm"),
+    "inner": ("anpgd", "ddn"),
+    "amm_aggregation": ("avg", "min"),
     "norm": ("linf", "l2"),
     "optimizer": ("adam", "sgd"),
     "search": ("bisect", "secant"),
     "device": ("auto", "cpu", "cuda"),
+    "amp": ("off", "bf16"),
 }
 NON_NEGATIVE = ("eps", "pgdls_steps", "d_max", "eps_min", "lr", "momentum", "weight_decay",
                 "grad_clip", "val_pgd_eps", "val_pgd_step", "margin_eps_max", "eval_size", "val_size",
-                "search_steps", "eps_inc", "attack_steps")
+                "search_steps", "eps_inc", "attack_steps", "ddn_gamma", "beta", "attack_step", "amm_lam",
+                "amm_c", "amm_d", "amm_overshoot", "amm_grad_eps")
+POSITIVE_INTS = ("amm_top_k", "amm_iters")
 POSITIVE = ("batch_size", "steps", "eval_every", "eval_batch_size", "margin_steps", "val_pgd_steps")
 
 
@@ -148,13 +168,15 @@ def check(cfg: Config) -> Config:
         v = getattr(cfg, key)
         if v is not None and v < 0:
             raise UserError(f"config key {key!r} must be >= 0, got {v!r}")
-    for key in POSITIVE:
+    for key in POSITIVE + POSITIVE_INTS:
         if getattr(cfg, key) <= 0:
             raise UserError(f"config key {key!r} must be > 0, got {getattr(cfg, key)!r}")
     if len(cfg.lr_milestones) != len(cfg.lr_values):
         raise UserError("lr_milestones and lr_values must have the same length")
     if not 0.0 <= cfg.clean_weight <= 1.0:
         raise UserError(f"config key 'clean_weight' must lie in [0, 1], got {cfg.clean_weight}")
+    if cfg.method == "mma" and cfg.inner == "ddn" and cfg.norm != "l2":
+        raise UserError("inner=ddn is an L2 attack: set norm=l2 or inner=anpgd")
     if cfg.method == "mma" and cfg.eps_min > cfg.d_max:
         raise UserError(f"eps_min ({cfg.eps_min}) must not exceed d_max ({cfg.d_max})")
     return cfg

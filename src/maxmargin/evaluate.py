@@ -160,8 +160,9 @@ def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
             raise UserError("AutoAttack takes one ε per call")
         aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=e, version="standard", seed=0,
                         device=str(x.device))
-        out = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
-        return out[0] if isinstance(out, tuple) else out
+        with frozen(model):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+        return x_adv.detach()
 
     return run
 

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from .attacks._common import Bounds, check_count, check_inputs, check_labels, frozen
 from .attacks.anpgd import line_search
+from .attacks.ddn import ddn_search
 from .attacks.pgd import pgd_steps
 from .losses import logit_margin
 from .norms import bcast, get_norm, per_example
@@ -30,6 +31,7 @@ def estimate_margin(
     bounds: Bounds = (0.0, 1.0),
     targets: int = 9,
     rounds: int = 3,
+    attack: str = "pgd",
 ) -> Tensor:
     """Upper bound on each example's margin ``min ‖δ‖ s.t. LM(x + δ, y) ≥ 0``.
 
@@ -44,6 +46,9 @@ def estimate_margin(
     Later rounds and restarts shrink the estimate further; on linear models
     one round is already exact up to the search's resolution. The first
     restart starts PGD at ``x`` (no noise), later ones at random points.
+
+    ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
+    ``steps`` iterations started at ``eps_max / 10``.
     """
     x, y, lo, hi = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
@@ -53,6 +58,14 @@ def estimate_margin(
     for value, what in ((steps, "steps"), (search_steps, "search_steps"), (restarts, "restarts"),
                         (targets, "targets"), (rounds, "rounds")):
         check_count(value, what, 1)
+
+    if attack not in ("pgd", "ddn"):
+        raise ValueError(f"attack must be 'pgd' or 'ddn', got {attack!r}")
+    if attack == "ddn":
+        if nrm.name != "l2":
+            raise ValueError("attack='ddn' measures L2 margins: use norm='l2'")
+        r = ddn_search(model, x, y, steps=steps, init_norm=cap / 10, bounds=(lo, hi))
+        return torch.where(r.found, torch.minimum(r.norm, cap), cap)
 
     with frozen(model):
         with torch.no_grad():

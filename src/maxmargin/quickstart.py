@@ -12,11 +12,15 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .config import Config, load_preset
+from .errors import UserError
 from .eval_run import eval_run
+from .evaluate import default_eps_grid
 from .report import compare_runs
 from .train import train
 
 PRESETS = ("quick-standard", "quick-pgd", "quick-mma")
+METHODS = {"standard": "quick-standard", "pgd": "quick-pgd", "mma": "quick-mma", "omma": "quick-omma",
+           "trades": "quick-trades", "amm": "quick-amm", "mma-ddn": "quick-mma-ddn"}
 EPS = (0.1, 0.2, 0.3, 0.4)
 N_TEST = 300           # test digits attacked (of 2000): keeps the whole job under 10 CPU minutes
 
@@ -33,19 +37,34 @@ def train_or_reuse(cfg: Config, out: Path, progress: bool) -> None:
         train(cfg, out, progress=progress)
 
 
-def quickstart(out: Path, device: str = "auto", progress: bool = True) -> str:
-    runs = {name: out / name for name in PRESETS}
+def presets_for(methods: str | None) -> tuple[str, ...]:
+    """Preset names for ``--methods standard,pgd,mma,...`` (default: standard, PGD-AT and MMA)."""
+    if not methods:
+        return PRESETS
+    names = []
+    for m in (m.strip() for m in methods.split(",") if m.strip()):
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r} for --methods; choose from {', '.join(METHODS)}")
+        names.append(METHODS[m])
+    return tuple(names)
+
+
+def quickstart(out: Path, device: str = "auto", progress: bool = True, methods: str | None = None) -> str:
+    runs = {name: out / name for name in presets_for(methods)}
+    cfgs = {}
     for name, run in runs.items():
         cfg = load_preset(name)
         cfg.device = device
+        cfgs[name] = cfg
         train_or_reuse(cfg, run, progress)
     for name, run in runs.items():
-        r = eval_run(run, protocol="quick", eps=EPS, n=N_TEST, device=device, margins=True, progress=progress)
+        grid = EPS if cfgs[name].norm == "linf" else default_eps_grid("digits", cfgs[name].norm)
+        r = eval_run(run, protocol="quick", eps=grid, n=N_TEST, device=device, margins=True, progress=progress)
         for flag in r.flags:
             print(f"WARNING ({name}): {flag}")
     table = compare_runs(list(runs.values()), out)
     print(table)
-    print(f"Test split of the bundled digits (first {N_TEST}); quick protocol (PGD-50 with CE and with CW, robust "
-          "only if both fail); avg margin = estimate_margin (an upper bound).")
+    print(f"Test split of the bundled digits (first {N_TEST}); quick protocol (PGD-50 with CE and with CW) plus a "
+          "targeted margin search, robust only if all fail; avg margin = estimate_margin (an upper bound).")
     print(f"wrote {out / 'compare.md'}, {out / 'compare.png'} and a report.md in each run")
     return table

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .attacks import pgd
@@ -18,18 +19,12 @@ from .attacks.anpgd import anpgd_search
 from .checkpoint import arch_of, load_checkpoint, load_weights, model_from_arch, save_checkpoint
 from .config import Config, check, to_toml, write_atomic
 from .data import BatchStream, Dataset, Split, augment, load_dataset
+from .distributed import all_reduce, barrier, init_distributed, resolve_device, unwrap
 from .errors import UserError
 from .methods import build_method
+from .models.fast import apply_fast_paths
 
 METRICS = ["step", "lr", "loss", "train_acc", "val_acc", "val_pgd_acc", "val_margin", "mean_eps", "seconds"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,15 +54,19 @@ class Validation:
     margin: float
 
 
-def validate(model: nn.Module, cfg: Config, split: Split) -> Validation:
-    """Clean accuracy, PGD accuracy and average AN-PGD margin (misclassified count 0) on ``split``."""
+def validate(model: nn.Module, cfg: Config, split: Split, rank: int = 0, world: int = 1) -> Validation:
+    """Clean accuracy, PGD accuracy and average AN-PGD margin (misclassified count 0) on ``split``.
+
+    With several ranks each takes every ``world``-th example and the sums are reduced.
+    """
     n = len(split) if cfg.eval_size <= 0 else min(cfg.eval_size, len(split))
+    mine = torch.arange(rank, n, world, device=split.y.device)
     correct = robust = 0
     margin_sum = 0.0
     was_training = model.training
     model.eval()
-    for start in range(0, n, cfg.eval_batch_size):
-        sl = slice(start, min(start + cfg.eval_batch_size, n))
+    for start in range(0, mine.numel(), cfg.eval_batch_size):
+        sl = mine[start:start + cfg.eval_batch_size]
         x, y = split.images(sl), split.y[sl]
         with torch.no_grad():
             logits = model(x)
@@ -80,7 +79,8 @@ def validate(model: nn.Module, cfg: Config, split: Split) -> Validation:
                          steps=cfg.margin_steps, search_steps=10, criterion="lm", clean_logits=logits)
         margin_sum += float(torch.where(r.found, r.eps, torch.full_like(r.eps, cfg.margin_eps_max)).sum())
     model.train(was_training)
-    return Validation(correct / n, robust / n, margin_sum / n)
+    sums = all_reduce(torch.tensor([correct, robust, margin_sum], dtype=torch.float64, device=split.y.device))
+    return Validation(float(sums[0]) / n, float(sums[1]) / n, float(sums[2]) / n)
 
 
 class Metrics:
@@ -131,36 +131,51 @@ def prepare_run(cfg: Config, out: Path, resume: bool) -> dict[str, Any] | None:
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
           dataset: Dataset | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says into the run directory ``out``; returns the last metrics row and the best margin."""
+    """Train as ``cfg`` says into the run directory ``out``; returns the last metrics row and the best margin.
+
+    Under ``torchrun`` every rank runs this; rank 0 alone writes files and shows progress.
+    """
     cfg = check(cfg)
     out = Path(out)
     ckpt = prepare_run(cfg, out, resume)
-    device = resolve_device(cfg.device)
+    dist_info, device = init_distributed(cfg.device)
+    rank, world = dist_info.rank, dist_info.world
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     seed_everything(cfg.seed)
     ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.val_size, device)
     arch = arch_of(cfg, ds.shape, ds.num_classes)
-    model = model_from_arch(arch).to(device)
-    optimizer = make_optimizer(cfg, model)
+    core = model_from_arch(arch).to(device)
+    optimizer = make_optimizer(cfg, core)
     method = build_method(cfg, len(ds.train), device)
     start, best = 0, float("-inf")
     if ckpt is not None:
-        load_weights(model, ckpt, out / "checkpoints" / "last.pt", expected_arch=arch)
+        load_weights(core, ckpt, out / "checkpoints" / "last.pt", expected_arch=arch)
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["method"])
         start, best = int(ckpt["step"]), float(ckpt["best_margin"])
         _set_rng_state(ckpt["rng"])
+    if world > 1:
+        # distinct attack noise per rank, reproducible from (seed, rank, step)
+        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + start)
+    model = apply_fast_paths(core, cfg.amp, cfg.channels_last, cfg.compile, device,
+                             notice=print if dist_info.main else (lambda _: None))
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.toml", to_toml(cfg))
-    metrics = Metrics(out / "metrics.csv", start if ckpt is not None else None)
+    if dist_info.main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.toml", to_toml(cfg))
+        metrics = Metrics(out / "metrics.csv", start if ckpt is not None else None)
     stream = BatchStream(len(ds.train), cfg.batch_size, cfg.seed, device)
     config_dict = cfg.to_dict()
     last_row: dict[str, Any] = {}
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.name, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and dist_info.main), desc=cfg.name,
+               dynamic_ncols=True)
     t0 = time.perf_counter()
     model.train()
     for step in range(start, cfg.steps):
-        idx = stream.indices(step)
+        idx = stream.indices(step, rank, world)
         x, y = ds.train.images(idx), ds.train.y[idx]
         if cfg.augment:
             g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step)
@@ -173,28 +188,32 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
         optimizer.step()
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
 
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            val = validate(model, cfg, ds.val)
-            mean_eps = float(method.eps.mean()) if hasattr(method, "eps") and isinstance(method.eps, Tensor) else ""
+            method.sync()
+            val = validate(unwrap(model), cfg, ds.val, rank, world)
+            mean_eps = float(method.eps.mean()) if isinstance(getattr(method, "eps", None), Tensor) else ""
             last_row = {"step": done, "lr": lr, "loss": stats["loss"],
                         "train_acc": stats.get("acc", stats.get("adv_acc", "")), "val_acc": val.acc,
                         "val_pgd_acc": val.pgd_acc, "val_margin": val.margin, "mean_eps": mean_eps,
                         "seconds": round(time.perf_counter() - t0, 2)}
-            metrics.append(last_row)
-            bar.write(f"step {done}: val acc {val.acc:.4f}, PGD acc {val.pgd_acc:.4f}, "
-                      f"avg margin {val.margin:.4f}")
-            payload = {"arch": arch, "config": config_dict, "step": done, "model": model.state_dict()}
-            if val.margin > best:
-                best = val.margin
-                save_checkpoint(out / "checkpoints" / "best.pt", {**payload, "val_margin": val.margin})
-            save_checkpoint(out / "checkpoints" / "last.pt", {
-                **payload, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-                "best_margin": best, "rng": _rng_state()})
+            improved = val.margin > best
+            best = max(best, val.margin)
+            if dist_info.main:
+                metrics.append(last_row)
+                bar.write(f"step {done}: val acc {val.acc:.4f}, PGD acc {val.pgd_acc:.4f}, "
+                          f"avg margin {val.margin:.4f}")
+                payload = {"arch": arch, "config": config_dict, "step": done, "model": core.state_dict()}
+                if improved:
+                    save_checkpoint(out / "checkpoints" / "best.pt", {**payload, "val_margin": val.margin})
+                save_checkpoint(out / "checkpoints" / "last.pt", {
+                    **payload, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                    "best_margin": best, "rng": _rng_state(), "world_size": world})
+            barrier()
     bar.close()
     return {"last": last_row, "best_margin": best, "out": str(out)}

@@ -2,6 +2,7 @@
 unchanged, runs the model in eval mode and keeps its output inside ``bounds`` and
 the ε-ball."""
 from .anpgd import ANPGDResult, anpgd, anpgd_search
+from .ddn import DDNResult, ddn, ddn_search
 from .pgd import fgsm, pgd
 
-__all__ = ["pgd", "fgsm", "anpgd", "anpgd_search", "ANPGDResult"]
+__all__ = ["pgd", "fgsm", "anpgd", "anpgd_search", "ANPGDResult", "ddn", "ddn_search", "DDNResult"]

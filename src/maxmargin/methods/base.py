@@ -12,7 +12,8 @@ class Method(ABC):
 
     ``x`` are float inputs in ``[0, 1]``, ``index`` their dataset indices. The
     model is in train mode on entry; attacks switch it to eval mode and back
-    themselves. ``stats`` holds plain floats for the progress bar and
+    themselves, on the plain module (``maxmargin.distributed.unwrap``) when
+    ``model`` is a DistributedDataParallel wrapper. ``stats`` holds plain floats for the progress bar and
     metrics. ``step`` is set by the training loop before each call, for
     objectives with schedules.
     """
@@ -34,3 +35,7 @@ class Method(ABC):
 
     def to(self, device) -> "Method":
         return self
+
+    def sync(self) -> None:
+        """Make per-process state identical across ranks (before evaluations and checkpoints)."""
+        return None

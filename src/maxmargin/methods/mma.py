@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks.anpgd import anpgd_search
+from ..attacks.ddn import ddn_search
+from ..distributed import all_reduce, unwrap
 from ..losses import soft_logit_margin
 from .base import Method
 
@@ -22,7 +24,9 @@ class MMA(Method):
 
     ``eps_max`` (the search's top) defaults to ``1.05·d_max`` as in the
     official code; ``eps_inc``/``refine`` select the preprint's Algorithm 1,
-    ``search="secant"`` the cheaper line search.
+    ``search="secant"`` the cheaper line search. ``inner="ddn"`` (L2 only)
+    replaces AN-PGD by DDN started at the remembered radius: any attack that
+    approximates the shortest successful perturbation fits MMA.
     """
 
     name = "mma"
@@ -30,21 +34,43 @@ class MMA(Method):
     def __init__(self, norm: str, d_max: float, eps_min: float, steps: int, num_examples: int,
                  clean_weight: float = 1.0 / 3.0, search_steps: int = 10, eps_max: float | None = None,
                  eps_inc: float | None = None, refine: bool = False, search: str = "bisect",
-                 device: torch.device | str = "cpu") -> None:
+                 inner: str = "anpgd", ddn_gamma: float = 0.05, device: torch.device | str = "cpu") -> None:
         super().__init__()
         if d_max <= 0 or eps_min < 0 or eps_min > d_max:
             raise ValueError(f"need 0 <= eps_min <= d_max and d_max > 0, got eps_min={eps_min}, d_max={d_max}")
         if not 0.0 <= clean_weight <= 1.0:
             raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight}")
+        if inner not in ("anpgd", "ddn"):
+            raise ValueError(f"inner must be 'anpgd' or 'ddn', got {inner!r}")
+        if inner == "ddn" and norm != "l2":
+            raise ValueError("inner='ddn' is an L2 attack: use norm='l2' or inner='anpgd'")
+        self.inner, self.ddn_gamma = inner, ddn_gamma
         self.norm, self.d_max, self.eps_min, self.steps = norm, d_max, eps_min, steps
         self.clean_weight, self.search_steps = clean_weight, search_steps
         self.eps_max = 1.05 * d_max if eps_max is None else eps_max
         self.eps_inc, self.refine, self.search = eps_inc, refine, search
         self.eps = torch.zeros(num_examples, device=device)
+        # step of each example's last update (-1: never): lets ranks merge their memories
+        self.updated = torch.full((num_examples,), -1, dtype=torch.int64, device=device)
 
     def to(self, device) -> "MMA":
         self.eps = self.eps.to(device)
+        self.updated = self.updated.to(device)
         return self
+
+    def sync(self) -> None:
+        """Merge the ranks' memories: for every example, the radius of its latest update.
+
+        Within one step the ranks' shards are disjoint, so an example's latest
+        update comes from one rank, or every rank already holds it from the
+        last merge; averaging over the holders gives that value either way.
+        """
+        latest = all_reduce(self.updated.clone(), "max")
+        mine = (self.updated == latest) & (latest >= 0)
+        total = all_reduce(torch.where(mine, self.eps, torch.zeros_like(self.eps)), "sum")
+        holders = all_reduce(mine.to(self.eps.dtype), "sum")
+        self.eps = torch.where(holders > 0, total / holders.clamp_min(1), torch.zeros_like(total))
+        self.updated = latest
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
         b = x.shape[0]
@@ -58,16 +84,23 @@ class MMA(Method):
         n_adv = 0
         if cidx.numel():
             start = torch.clamp(self.eps[index[cidx]], min=self.eps_min)
-            r = anpgd_search(model, x[cidx], y[cidx], self.norm, eps_init=start, eps_max=self.eps_max,
-                             steps=self.steps, search_steps=self.search_steps, eps_inc=self.eps_inc,
-                             refine=self.refine, criterion="slm", search=self.search,
-                             clean_logits=logits[cidx].detach())
-            new_eps[cidx] = r.eps
-            use = r.found & (r.eps < self.d_max)
+            if self.inner == "ddn":
+                d = ddn_search(unwrap(model), x[cidx], y[cidx], steps=self.steps, gamma=self.ddn_gamma,
+                               init_norm=start)
+                x_adv, eps, found = d.x_adv, d.norm, d.found
+            else:
+                r = anpgd_search(unwrap(model), x[cidx], y[cidx], self.norm, eps_init=start,
+                                 eps_max=self.eps_max, steps=self.steps, search_steps=self.search_steps,
+                                 eps_inc=self.eps_inc, refine=self.refine, criterion="slm", search=self.search,
+                                 clean_logits=logits[cidx].detach())
+                x_adv, eps, found = r.x_adv, r.eps, r.found
+            new_eps[cidx] = eps
+            use = found & (eps < self.d_max)
             n_adv = int(use.sum())
             if n_adv:
-                adv_sum = adv_sum + F.cross_entropy(model(r.x_adv[use]), y[cidx][use], reduction="sum")
+                adv_sum = adv_sum + F.cross_entropy(model(x_adv[use]), y[cidx][use], reduction="sum")
         self.eps[index] = new_eps
+        self.updated[index] = self.step
         c = self.clean_weight
         loss = c * ce_clean.mean() + (1 - c) * adv_sum / b
         stats = {
@@ -79,10 +112,12 @@ class MMA(Method):
         return loss, stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {"eps": self.eps.detach().cpu().clone()}
+        return {"eps": self.eps.detach().cpu().clone(), "updated": self.updated.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         eps = state["eps"]
         if eps.shape != self.eps.shape:
             raise ValueError(f"MMA memory has {eps.shape[0]} examples, this dataset {self.eps.shape[0]}")
         self.eps = eps.to(self.eps.device, self.eps.dtype).clone()
+        if "updated" in state:
+            self.updated = state["updated"].to(self.updated.device).clone()

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import pgd
+from ..distributed import unwrap
 from .base import Method
 
 
@@ -32,7 +33,7 @@ class PGDAT(Method):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
         eps = self.current_eps()
         step = None if self.step_size is None else self.step_size * eps / self.eps
-        x_adv = pgd(model, x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step)
+        x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()

@@ -1,0 +1,59 @@
+"""TRADES (Zhang et al., ICML 2019): CE(clean) + β·KL(f(x) ‖ f(x′)), x′ from a KL-maximizing PGD."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks._common import frozen, sanitize
+from ..distributed import unwrap
+from ..norms import bcast, get_norm, per_example
+from .base import Method
+
+
+def kl_divergence(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
+    """Per-example ``KL(f(x) ‖ f(x′))`` between the softmax distributions."""
+    p_log = F.log_softmax(clean_logits, dim=1)
+    q_log = F.log_softmax(adv_logits, dim=1)
+    return (p_log.exp() * (p_log - q_log)).sum(dim=1)
+
+
+def kl_pgd(model: nn.Module, x: Tensor, norm: str, eps: float, steps: int, step_size: float,
+           bounds: tuple[float, float] = (0.0, 1.0), start_std: float = 0.001) -> Tensor:
+    """PGD maximizing ``KL(f(x) ‖ f(x′))`` from ``x′ = x + start_std·N(0, 1)``, in eval mode."""
+    nrm = get_norm(norm)
+    e = per_example(eps, x, "eps")
+    step = bcast(per_example(step_size, x, "step_size"), x)
+    lo, hi = bounds
+    x = x.detach()
+    with frozen(model):
+        with torch.no_grad():
+            target = model(x)
+        x_adv = torch.clamp(x + nrm.project(start_std * torch.randn_like(x), e), lo, hi)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(kl_divergence(target, model(x_adv)).sum(), x_adv)
+            d = x_adv.detach() + step * nrm.direction(sanitize(g)) - x
+            x_adv = torch.clamp(x + nrm.project(d, e), lo, hi)
+    return x_adv.detach()
+
+
+class TRADES(Method):
+    name = "trades"
+
+    def __init__(self, norm: str, eps: float, steps: int, beta: float = 6.0, step_size: float | None = None) -> None:
+        super().__init__()
+        if eps < 0 or beta < 0:
+            raise ValueError("eps and beta must be >= 0")
+        self.norm, self.eps, self.steps, self.beta = norm, eps, steps, beta
+        self.step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        x_adv = kl_pgd(unwrap(model), x, self.norm, self.eps, self.steps, self.step_size)
+        logits = model(x)
+        adv_logits = model(x_adv)
+        ce = F.cross_entropy(logits, y)
+        kl = kl_divergence(logits, adv_logits).mean()
+        loss = ce + self.beta * kl
+        return loss, {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean()),
+                      "kl": float(kl.detach())}

@@ -1,0 +1,49 @@
+"""GPU fast paths: bf16 autocast, channels_last, torch.compile.
+
+Only the model's own arithmetic changes: inputs, perturbations, norms and
+losses stay float32 because the wrapper takes float32 inputs and returns
+float32 logits.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class Autocast(nn.Module):
+    """Run ``inner`` under autocast (bf16 by default), optionally in channels_last layout."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype | None = torch.bfloat16,
+                 channels_last: bool = False) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.channels_last = inner, dtype, channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self.inner(x).float()
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.inner(x)
+        return out.float()
+
+
+def apply_fast_paths(model: nn.Module, amp: str, channels_last: bool, compile: bool, device: torch.device,
+                     notice: Callable[[str], None] = print) -> nn.Module:
+    """Wrap ``model`` as the config asks; on a CPU the options are accepted and ignored with a notice."""
+    asked = [name for name, on in (("amp=" + amp, amp != "off"), ("channels_last", channels_last),
+                                   ("compile", compile)) if on]
+    if not asked:
+        return model
+    if device.type != "cuda":
+        notice(f"note: {', '.join(asked)} only apply on a CUDA GPU; ignored on {device.type}")
+        return model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if amp != "off" or channels_last:
+        model = Autocast(model, torch.bfloat16 if amp == "bf16" else None, channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model

@@ -1,0 +1,52 @@
+"""GPU fast-path options: attacks keep their invariants under bf16 autocast; on a CPU the options are ignored."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maxmargin.attacks import anpgd, pgd
+from maxmargin.cli import main
+from maxmargin.models.fast import Autocast, apply_fast_paths
+from maxmargin.norms import get_norm
+
+from conftest import make_data, make_model
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attacks_under_bf16_autocast_stay_in_ball_and_box(device, norm, eps, channels_last):
+    shape = (3, 32, 32)
+    inner = make_model("conv", shape).to(device).eval()
+    model = Autocast(inner, torch.bfloat16, channels_last=channels_last)
+    x, y = make_data(8, shape)
+    x, y = x.to(device), y.to(device)
+    out = model(x)
+    assert out.dtype == torch.float32
+    x_adv = pgd(model, x, y, norm=norm, eps=eps, steps=5)
+    assert x_adv.dtype == torch.float32
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    assert bool((get_norm(norm).measure(x_adv - x) <= eps * (1 + 1e-5)).all())
+    x_an, e = anpgd(model, x, y, norm=norm, eps_init=eps / 2, eps_max=eps, steps=3, search_steps=4)
+    assert bool((e <= eps * (1 + 1e-5)).all()) and float(x_an.min()) >= 0 and float(x_an.max()) <= 1
+
+
+def test_fast_paths_are_ignored_on_cpu_with_a_notice():
+    model = torch.nn.Linear(3, 2)
+    said = []
+    same = apply_fast_paths(model, "bf16", True, True, torch.device("cpu"), notice=said.append)
+    assert same is model
+    assert len(said) == 1 and "ignored on cpu" in said[0] and "amp=bf16" in said[0]
+    assert apply_fast_paths(model, "off", False, False, torch.device("cpu"), notice=said.append) is model
+    assert len(said) == 1
+
+
+def test_train_accepts_fast_path_options_on_cpu(tmp_path, capsys):
+    assert main(["train", "--preset", "quick-standard", "--out", str(tmp_path / "r"), "--set", "amp=bf16",
+                 "--set", "channels_last=true", "--set", "compile=true", "--set", "steps=2", "--set",
+                 "eval_every=2", "--set", "eval_size=10", "--set", "val_pgd_steps=1", "--set", "margin_steps=1",
+                 "--quiet"]) == 0
+    assert "ignored on cpu" in capsys.readouterr().out
+    assert main(["train", "--preset", "quick-standard", "--out", str(tmp_path / "s"), "--set", "amp=fp8"]) == 2
