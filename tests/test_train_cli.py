@@ -143,3 +143,12 @@ def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypa
     # a second call reuses the finished runs instead of training again
     qs.quickstart(tmp_path, device="cpu", progress=False)
     assert capsys.readouterr().out.count("reusing the finished run") == 3
+
+
+def test_quickstart_methods_selects_presets_and_rejects_unknown(capsys):
+    from maxmargin.quickstart import presets_for
+
+    assert presets_for(None) == ("quick-standard", "quick-pgd", "quick-mma")
+    assert presets_for("trades, amm,mma-ddn") == ("quick-trades", "quick-amm", "quick-mma-ddn")
+    assert run_cli("quickstart", "--methods", "standard,bogus", "--out", "/nonexistent/qs") == 2
+    assert "bogus" in capsys.readouterr().err

@@ -100,5 +100,12 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     write_atomic(out / "margins.json", json.dumps(stats, indent=2))
     torch.save(m.cpu(), out / "margins.pt.tmp")
     (out / "margins.pt.tmp").replace(out / "margins.pt")
-    plot_margins(m, out, cfg.norm, cap)
+    curve = None
+    if (out / "eval.json").is_file():   # put the attack curve beside the CDF's prediction
+        try:
+            ev = json.loads((out / "eval.json").read_text())
+            curve = {float(e): a for e, a in ev["robust_accuracy"].items()} if ev.get("norm") == cfg.norm else None
+        except (json.JSONDecodeError, KeyError, ValueError):
+            curve = None
+    plot_margins(m, out, cfg.norm, cap, curve)
     return stats

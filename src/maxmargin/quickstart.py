@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .config import Config, load_preset
+from .config import Config, load_preset, load_toml
 from .errors import UserError
 from .eval_run import eval_run
 from .evaluate import default_eps_grid
@@ -51,14 +51,13 @@ def presets_for(methods: str | None) -> tuple[str, ...]:
 
 def quickstart(out: Path, device: str = "auto", progress: bool = True, methods: str | None = None) -> str:
     runs = {name: out / name for name in presets_for(methods)}
-    cfgs = {}
     for name, run in runs.items():
         cfg = load_preset(name)
         cfg.device = device
-        cfgs[name] = cfg
         train_or_reuse(cfg, run, progress)
     for name, run in runs.items():
-        grid = EPS if cfgs[name].norm == "linf" else default_eps_grid("digits", cfgs[name].norm)
+        norm = load_toml(run / "config.toml").norm     # the run's own norm, whatever the preset says now
+        grid = EPS if norm == "linf" else default_eps_grid("digits", norm)
         r = eval_run(run, protocol="quick", eps=grid, n=N_TEST, device=device, margins=True, progress=progress)
         for flag in r.flags:
             print(f"WARNING ({name}): {flag}")

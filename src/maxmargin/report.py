@@ -126,17 +126,17 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
         except json.JSONDecodeError:
             raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {d}`") from None
     grid = sorted({float(e) for _, ev in evals for e in ev["eps"]})
-    head = "| run | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) + " | avg | avg margin | flags |"
-    lines = [head, "|" + "---|" * (len(grid) + 6)]
+    head = "| run | norm | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) + " | avg | avg margin | flags |"
+    lines = [head, "|" + "---|" * (len(grid) + 7)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, ev in evals:
         ra = {float(k): v for k, v in ev["robust_accuracy"].items()}
         cells = [f"{ra[e]:.3f}" if e in ra else "–" for e in grid]
         margin = f"{ev['margin']['mean']:.3f}" if "margin" in ev else "–"
-        lines.append(f"| {name} | {ev['protocol']} | {ev['clean_accuracy']:.3f} | " + " | ".join(cells) +
+        lines.append(f"| {name} | {ev['norm']} | {ev['protocol']} | {ev['clean_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {ev['average_robust_accuracy']:.3f} | {margin} | {len(ev['flags'])} |")
         e = sorted(ra)
-        ax.plot(e, [ra[v] for v in e], "o-", label=name)
+        ax.plot(e, [ra[v] for v in e], "o-", label=f"{name} ({ev['norm']})")
     ax.set_xlabel("ε")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.02)
