@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from maxmargin.attacks import anpgd, pgd
+from maxmargin.attacks import anpgd, anpgd_search, pgd
 from maxmargin.losses import logit_margin, soft_logit_margin
 from maxmargin.margin import estimate_margin
 from maxmargin.norms import get_norm
@@ -124,3 +124,25 @@ def test_pgd_restarts_keep_a_misclassifying_point():
         hit8 = lin(multi).argmax(1) != y
     assert int(hit8.sum()) >= int(hit1)
     assert bool((get_norm("linf").measure(multi - x) <= eps + 1e-6).all())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("eps_inc", [None, 0.5])
+def test_secant_search_finds_the_bisection_margin_to_its_resolution(norm, eps_inc):
+    # multi-class SLM along a ray is convex for a linear model: one crossing, so both searches must meet it
+    lin, x, y, exact = linear_problem(norm, seed=6)
+    with torch.no_grad():
+        lin.weight.mul_(20)
+        lin.bias.mul_(20)
+    eps_max = CAP[norm]
+    e0 = exact * torch.linspace(0.3, 1.5, len(y))
+    kw = dict(norm=norm, eps_init=e0, eps_max=eps_max, steps=10, search_steps=10, eps_inc=eps_inc,
+              bounds=WIDE, random_init=False)
+    b = anpgd_search(lin, x, y, search="bisect", **kw)
+    s = anpgd_search(lin, x, y, search="secant", **kw)
+    assert bool((b.found == s.found).all())
+    span = eps_max if eps_inc is None else eps_inc
+    resolution = span / 2 ** 10
+    both = b.found & s.found
+    assert int(both.sum()) > len(y) // 2
+    assert bool(((b.eps - s.eps).abs()[both] <= 2 * resolution + 1e-6).all())

@@ -109,8 +109,11 @@ def secant_search(
             a_lo, a_hi, a_flo, a_fhi = lo[act], hi[act], f_lo[act], f_hi[act]
             width = a_hi - a_lo
             interp = a_lo - a_flo * width / (a_fhi - a_flo)
-            # stay strictly inside so that every evaluation shrinks the bracket
-            interp = torch.minimum(torch.maximum(interp, a_lo + tol[act] / 2), a_hi - tol[act] / 2)
+            # An estimate within the tolerance of an end is nudged to just under the tolerance
+            # from that end: if the root is really there, this one evaluation closes the bracket.
+            a_tol = 0.99 * tol[act]
+            interp = torch.where(a_hi - interp < a_tol, a_hi - a_tol, interp)
+            interp = torch.where(interp - a_lo < a_tol, a_lo + a_tol, interp)
             eta = torch.where(bisect_next[act], (a_lo + a_hi) / 2, interp)
             f = _at(model, x[act], y[act], u[act], eta, crit, box)
             spent += act.numel()
@@ -210,13 +213,28 @@ def anpgd_search(
         if search == "bisect":
             eta, found = line_search(model, xs, ys, u, lo, hi, known, crit, search_steps, box)
         else:
-            # f at the top of a failed bracket is the one value not yet known
             f_lo = torch.where(hit, f0, f_e0)
             f_hi = f_e0.clone()
             miss = (~hit).nonzero().squeeze(1)
             if miss.numel():
+                # Where PGD failed, probe 10 % past the root of the line through (0, f(0)) and
+                # (eps_init, f(eps_init)): SLM is close to convex along the ray, so the probe is
+                # usually adversarial and closes a tight bracket at once.
+                slope = (f_e0[miss] - f0[miss]) / e0s[miss]
+                root = e0s[miss] - f_e0[miss] / slope.clamp_min(1e-12)
+                probe = torch.where(slope > 0, 1.1 * root, hi[miss])
+                probe = torch.minimum(torch.maximum(probe, e0s[miss]), hi[miss])
                 with torch.no_grad():
-                    f_hi[miss] = _at(model, xs[miss], ys[miss], u[miss], hi[miss], crit, box)
+                    f_p = _at(model, xs[miss], ys[miss], u[miss], probe, crit, box)
+                past = f_p >= 0
+                lo[miss] = torch.where(past, lo[miss], probe)
+                f_lo[miss] = torch.where(past, f_lo[miss], f_p)
+                f_hi[miss] = f_p
+                short = miss[~past & (probe < hi[miss])]
+                hi[miss] = torch.where(past, probe, hi[miss])
+                if short.numel():
+                    with torch.no_grad():
+                        f_hi[short] = _at(model, xs[short], ys[short], u[short], hi[short], crit, box)
             span = emaxs if eps_inc is None else hi - lo
             eta, found, _ = secant_search(model, xs, ys, u, lo, hi, f_lo, f_hi, crit,
                                           span / 2 ** search_steps, box, 2 * search_steps)
