@@ -151,3 +151,25 @@ def test_estimate_margin_invariants(norm, kind, batch):
     with torch.no_grad():
         wrong = model.eval()(x).argmax(1) != y
     assert bool((m[wrong] == 0).all()) and bool((m[~wrong] > 0).all())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ddn_invariants(kind, shape):
+    from maxmargin.attacks import ddn
+
+    model = make_model(kind, shape).train()
+    x, y = make_data(3, shape)
+    x0 = x.clone()
+    modes = _grads_and_mode(model)
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    x_adv = ddn(model, x, y, steps=5)
+    assert torch.equal(x, x0)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert all(torch.equal(b, b0) for b, b0 in zip(model.buffers(), buffers))
+    assert x_adv.shape == x.shape and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    batched = ddn(model.eval().double(), x.double(), y, steps=5)
+    alone = ddn(model, x[1:2].double(), y[1:2], steps=5)
+    assert torch.allclose(alone[0], batched[1], atol=1e-9)
