@@ -48,6 +48,11 @@ class AttackSpec:
     source: str
     run: Callable[[Tensor, Tensor, Tensor], Tensor]
 
+    @property
+    def key(self) -> str:
+        """Name in ``by_attack``: transfer attacks carry their source model."""
+        return self.name if self.source in ("white-box", "gradient-free") else f"{self.name}:{self.source}"
+
 
 @dataclass
 class EvalResult:
@@ -219,7 +224,7 @@ def evaluate(
     bar = tqdm(total=total, disable=not progress, desc=f"eval ({protocol})", dynamic_ncols=True)
     for i, e in enumerate(grid):
         for spec in specs:
-            key = spec.name if spec.source in ("white-box", "gradient-free") else f"{spec.name}:{spec.source}"
+            key = spec.key
             new = 0
             if e > 0:
                 alive = robust[i].nonzero().squeeze(1)
@@ -245,7 +250,7 @@ def evaluate(
     robust_acc = {e: float(robust[i].float().mean()) for i, e in enumerate(grid)}
     rows = []
     for spec in specs:
-        key = spec.name if spec.source in ("white-box", "gradient-free") else f"{spec.name}:{spec.source}"
+        key = spec.key
         for i, e in enumerate(grid):
             rows.append({"attack": spec.name, "eps": e, "steps": spec.steps, "restarts": spec.restarts,
                          "source": spec.source, "newly_broken": broken[key][i], "accuracy_after": after[key][e]})
