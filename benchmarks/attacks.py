@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from maxmargin.attacks import anpgd, pgd
+from maxmargin.attacks.graphs import cuda_graphs
 from maxmargin.models import LeNet5
 
 from maxmargin.losses import cross_entropy, soft_logit_margin
@@ -39,6 +40,7 @@ def run(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/attacks.json")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay the PGD loops as CUDA graphs")
     args = ap.parse_args(argv)
 
     dev = torch.device(args.device)
@@ -63,17 +65,20 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"{'forward+backward (input)':<28}{t_pass * 1e3:>10.2f}")
     print(f"{'forward only':<28}{t_fwd * 1e3:>10.2f}{'':>10}{t_fwd / t_pass:>8.2f}  (of a fwd+bwd)")
     for k in args.steps:
-        t = timeit(lambda: pgd(model, x, y, norm="linf", eps=0.3, steps=k), args.repeats)
+        with cuda_graphs(args.cuda_graphs):
+            t = timeit(lambda: pgd(model, x, y, norm="linf", eps=0.3, steps=k), args.repeats)
         floor = k * t_pass
         rows.append({"attack": f"pgd-{k}", "seconds": t, "floor_seconds": floor, "ratio": t / floor})
-        t_an = timeit(lambda: anpgd(model, x, y, norm="linf", eps_init=torch.full((args.batch,), 0.1, device=dev),
-                                    eps_max=0.4725, steps=k, search_steps=args.search_steps), args.repeats)
+        with cuda_graphs(args.cuda_graphs):
+            t_an = timeit(lambda: anpgd(model, x, y, norm="linf", eps_init=torch.full((args.batch,), 0.1, device=dev),
+                                        eps_max=0.4725, steps=k, search_steps=args.search_steps), args.repeats)
         floor_an = k * t_pass + (1 + args.search_steps) * t_fwd
         rows.append({"attack": f"anpgd-{k}+{args.search_steps}", "seconds": t_an, "floor_seconds": floor_an,
                      "ratio": t_an / floor_an, "ratio_to_pgd": t_an / t})
         for r in rows[-2:]:
             print(f"{r['attack']:<28}{r['seconds'] * 1e3:>10.2f}{r['floor_seconds'] * 1e3:>10.2f}{r['ratio']:>8.3f}")
     payload = {"benchmark": "attacks", "model": "LeNet5", "batch": args.batch, **device_info(dev),
+               "cuda_graphs": args.cuda_graphs,
                "pass_seconds": t_pass, "forward_seconds": t_fwd, "results": rows}
     write_json(args.out, payload)
     return payload

@@ -1,7 +1,7 @@
 """Steps per second of paper presets, and the projected time of a full paper run.
 
     python benchmarks/presets.py [--presets mnist-linf-mma-0.45 cifar10-linf-mma-32] [--steps 20]
-                                 [--device cuda] [--amp bf16] [--channels-last] [--compile]
+                                 [--device cuda] [--amp bf16] [--channels-last] [--compile] [--cuda-graphs]
 
 Inputs are random images of the preset's shape, labelled by the model itself
 after its last layer is sharpened, so every example counts as correctly
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--amp", default="off", choices=["off", "bf16"])
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--out", default="benchmarks/presets.json")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -52,7 +53,7 @@ def main() -> None:
         core = build_model(cfg.model, c, 10, side).to(dev)
         x = torch.rand(cfg.batch_size, c, side, side, device=dev)
         y = confident_labels(core, x)
-        model = apply_fast_paths(core, args.amp, args.channels_last, args.compile, dev)
+        model = apply_fast_paths(core, args.amp, args.channels_last, args.compile, dev, cuda_graphs=args.cuda_graphs)
         opt = make_optimizer(cfg, core)
         method = build_method(cfg, cfg.batch_size, dev)
         idx = torch.arange(cfg.batch_size, device=dev)
@@ -75,7 +76,8 @@ def main() -> None:
         sec = (time.perf_counter() - t) / args.steps
         row = {"preset": name, "batch": cfg.batch_size, "seconds_per_step": sec, "steps_per_second": 1 / sec,
                "paper_steps": cfg.steps, "projected_hours": cfg.steps * sec / 3600, "amp": args.amp,
-               "channels_last": args.channels_last, "compile": args.compile}
+               "channels_last": args.channels_last, "compile": args.compile,
+               "cuda_graphs": args.cuda_graphs}
         if dev.type == "cuda":
             row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rows.append(row)

@@ -1,6 +1,6 @@
 """Run every benchmark, write one JSON file and print one table.
 
-    python benchmarks/run_all.py [--device cpu|cuda] [--quick] [--out benchmarks/all.json]
+    python benchmarks/run_all.py [--device cpu|cuda] [--quick] [--cuda-graphs] [--out benchmarks/all.json]
 
 Rows: device, model, batch, time per step and its ratio to the floor for each
 training method, attack throughput (examples per second through PGD-K and
@@ -33,9 +33,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/all.json")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay the attacks' PGD loops as CUDA graphs")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    reps = ["--repeats", "3" if args.quick else "7"]
+    reps = ["--repeats", "3" if args.quick else "7"] + (["--cuda-graphs"] if args.cuda_graphs else [])
     batches = ["50"] if args.quick else ["50", "128"]
     tmp = args.out + ".part"
     att = [attacks.run(["--device", args.device, "--batch", b, "--out", tmp, *reps]) for b in batches]
@@ -57,7 +58,8 @@ def main() -> None:
         if "comparison" in r:
             print(f"{r['comparison']} at K={r['K']}, batch {r['batch']}: {r['ratio']:.2f}×")
     print(f"peak memory: {peak:.0f} MiB")
-    write_json(args.out, {"benchmark": "all", **device_info(dev), "peak_memory_mib": peak,
+    write_json(args.out, {"benchmark": "all", **device_info(dev), "cuda_graphs": args.cuda_graphs,
+                          "peak_memory_mib": peak,
                           "attacks": att, "training": trn})
 
 

@@ -85,6 +85,7 @@ class Config:
     amp: str = "off"                     # off | bf16 (CUDA only: model arithmetic in bf16, attacks stay float32)
     channels_last: bool = False          # CUDA only
     compile: bool = False                # CUDA only: torch.compile the model
+    cuda_graphs: bool = False            # CUDA only: replay the attacks' PGD loops as CUDA graphs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -159,7 +159,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         # distinct attack noise per rank, reproducible from (seed, rank, step)
         torch.manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + start)
     model = apply_fast_paths(core, cfg.amp, cfg.channels_last, cfg.compile, device,
-                             notice=print if dist_info.main else (lambda _: None))
+                             notice=print if dist_info.main else (lambda _: None), cuda_graphs=cfg.cuda_graphs)
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -5,8 +5,10 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import LossFn, get_loss
-from ..norms import Norm, bcast, get_norm, per_example
-from ._common import Bounds, check_count, check_inputs, check_labels, frozen, sanitize
+from ..norms import Norm, get_norm, per_example
+from . import graphs
+from ._common import Bounds, check_count, check_inputs, check_labels, frozen
+from .graphs import graphed_pgd_loop, pgd_loop
 
 
 def pgd_steps(
@@ -25,20 +27,13 @@ def pgd_steps(
     """One PGD run on already-validated inputs; the model must already be in eval mode.
 
     Gradients are taken w.r.t. the input only (``autograd.grad``), so parameter
-    ``.grad`` is never touched and no weight gradients are computed.
+    ``.grad`` is never touched and no weight gradients are computed. With
+    CUDA graphs switched on (:mod:`.graphs`) the loop is replayed from a graph.
     """
     delta = norm.random(x, eps) if random_init else torch.zeros_like(x)
     x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
-    step = bcast(step_size, x)
-    for k in range(steps):
-        x_adv.requires_grad_(True)
-        logits = model(x_adv)
-        if k == 0:
-            check_labels(logits, y)
-        (g,) = torch.autograd.grad(loss_fn(logits, y).sum(), x_adv)
-        delta = x_adv.detach() + step * norm.direction(sanitize(g)) - x
-        x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
-    return x_adv.detach()
+    loop = graphed_pgd_loop if graphs.usable(x) else pgd_loop
+    return loop(model, x, y, x_adv, norm, eps, steps, step_size, loss_fn, lo, hi, lambda t: check_labels(t, y))
 
 
 def pgd(

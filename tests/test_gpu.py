@@ -1,0 +1,128 @@
+"""On a CUDA GPU: CUDA-graph replay equals the eager loop, attacks keep their invariants, training and NCCL run.
+
+Skipped where no GPU is visible (CI); run on a GPU machine with
+``python -m pytest tests/test_gpu.py``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from maxmargin.attacks import anpgd, pgd
+from maxmargin.attacks.graphs import cuda_graphs
+from maxmargin.checkpoint import load_model
+from maxmargin.cli import main
+from maxmargin.models.fast import Autocast
+from maxmargin.norms import get_norm
+
+from conftest import make_data, make_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SHAPE = (1, 28, 28)
+TRAIN = ["--preset", "quick-mma", "--device", "cuda", "--set", "steps=30", "--set", "eval_every=15",
+         "--set", "eval_size=100", "--set", "val_pgd_steps=3", "--set", "margin_steps=3", "--quiet"]
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+def _setup(batch: int, dtype=torch.float64):
+    model = make_model("conv", SHAPE).to("cuda", dtype).eval()
+    x, y = make_data(batch, SHAPE)
+    return model, x.to("cuda", dtype), y.cuda()
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.parametrize("batch", [5, 16, 21])
+def test_graph_replay_equals_eager_loop(deterministic, norm, eps, batch):
+    # float64 so padding the batch to a bucket cannot change a rounding that a sign step amplifies
+    model, x, y = _setup(batch)
+    torch.manual_seed(0)
+    eager = pgd(model, x, y, norm=norm, eps=eps, steps=7)
+    with cuda_graphs():
+        for _ in range(2):   # first call captures, second replays
+            torch.manual_seed(0)
+            graphed = pgd(model, x, y, norm=norm, eps=eps, steps=7)
+            assert torch.allclose(graphed, eager, atol=1e-9, rtol=0)
+    assert not torch.equal(eager, x)
+
+
+def test_replay_follows_in_place_weight_updates_and_moved_parameters(deterministic):
+    model, x, y = _setup(12)
+
+    def attack(m, xx):
+        return pgd(m, xx, y, eps=0.1, steps=5, random_init=False)
+
+    with cuda_graphs():
+        first = attack(model, x)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.5)   # what an optimizer step does: same memory, new values
+        after_update = attack(model, x)
+    assert not torch.allclose(first, after_update)
+    assert torch.allclose(after_update, attack(model, x), atol=1e-9)
+    model.float()              # new parameter tensors: a stale graph would read freed memory
+    with cuda_graphs():
+        moved = attack(model, x.float())
+    assert torch.allclose(moved, attack(model, x.float()), atol=1e-5)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_attacks_on_gpu_keep_ball_box_mode_and_grads(graphs, amp, norm, eps):
+    inner = make_model("conv", (3, 32, 32)).cuda().train()
+    model = Autocast(inner, torch.bfloat16, channels_last=True) if amp else inner
+    x, y = make_data(19, (3, 32, 32))
+    x, y = x.cuda(), y.cuda()
+    x0 = x.clone()
+    buffers = [b.clone() for b in inner.buffers()]
+    with cuda_graphs(graphs):
+        x_adv = pgd(model, x, y, norm=norm, eps=eps, steps=6)
+        x_an, e = anpgd(model, x, y, norm=norm, eps_init=eps / 2, eps_max=eps, steps=4, search_steps=5)
+    nrm = get_norm(norm)
+    for xa in (x_adv, x_an):
+        assert xa.dtype == torch.float32 and float(xa.min()) >= 0 and float(xa.max()) <= 1
+        assert bool((nrm.measure(xa - x) <= eps * (1 + 1e-5)).all())
+    assert bool((e <= eps * (1 + 1e-5)).all())
+    assert torch.equal(x, x0)
+    assert all(m.training for m in inner.modules())
+    assert all(p.grad is None for p in inner.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(buffers, inner.buffers()))
+
+
+def test_graphed_pgd_still_rejects_labels_beyond_the_classes():
+    model, x, y = _setup(8, torch.float32)
+    with cuda_graphs():
+        pgd(model, x, y, eps=0.1, steps=3)
+        with pytest.raises(ValueError, match="label"):
+            pgd(model, x, torch.full_like(y, 10), eps=0.1, steps=3)
+
+
+@pytest.mark.parametrize("fast", [[], ["--set", "amp=bf16", "--set", "channels_last=true", "--set", "cuda_graphs=true"]])
+def test_mma_trains_on_gpu_and_its_checkpoint_loads_on_cpu(tmp_path, fast):
+    assert main(["train", "--out", str(tmp_path / "r"), *TRAIN, *fast]) == 0
+    last = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True, map_location="cpu")
+    assert last["step"] == 30 and float(last["method"]["eps"].max()) > 0
+    model, _, _ = load_model(tmp_path / "r", device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+    assert main(["eval", str(tmp_path / "r"), "--n", "50", "--eps", "0.1", "--device", "cuda", "--quiet"]) == 0
+
+
+def test_torchrun_with_nccl_trains_on_one_gpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                        "-m", "maxmargin", "train", "--out", str(tmp_path / "r"), *TRAIN],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True, map_location="cpu")
+    assert last["step"] == 30 and last["world_size"] == 1
