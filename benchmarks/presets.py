@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
 from maxmargin.config import load_preset  # noqa: E402
 from maxmargin.methods import build_method  # noqa: E402
 from maxmargin.models import build_model  # noqa: E402
@@ -46,6 +47,7 @@ def main() -> None:
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows = []
+    set_cuda_graphs(args.cuda_graphs and dev.type == "cuda")
     for name in args.presets:
         cfg = load_preset(name)
         c, side = SHAPES[cfg.dataset]

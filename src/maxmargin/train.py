@@ -22,6 +22,7 @@ from .data import BatchStream, Dataset, Split, augment, load_dataset
 from .distributed import all_reduce, barrier, init_distributed, resolve_device, unwrap
 from .errors import UserError
 from .methods import build_method
+from .attacks.graphs import cuda_graphs
 from .models.fast import apply_fast_paths
 
 METRICS = ["step", "lr", "loss", "train_acc", "val_acc", "val_pgd_acc", "val_margin", "mean_eps", "seconds"]
@@ -173,47 +174,49 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and dist_info.main), desc=cfg.name,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    model.train()
-    for step in range(start, cfg.steps):
-        idx = stream.indices(step, rank, world)
-        x, y = ds.train.images(idx), ds.train.y[idx]
-        if cfg.augment:
-            g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step)
-            x = augment(x, g)
-        lr = lr_at(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        method.step = step
-        loss, stats = method.loss(model, x, y, idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
-        optimizer.step()
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+    # CUDA graphs for the attacks of this run only, so that a later evaluation in the same process runs eagerly
+    with cuda_graphs(cfg.cuda_graphs and device.type == "cuda"):
+        model.train()
+        for step in range(start, cfg.steps):
+            idx = stream.indices(step, rank, world)
+            x, y = ds.train.images(idx), ds.train.y[idx]
+            if cfg.augment:
+                g = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step)
+                x = augment(x, g)
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            method.step = step
+            loss, stats = method.loss(model, x, y, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
+            optimizer.step()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
 
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            method.sync()
-            val = validate(unwrap(model), cfg, ds.val, rank, world)
-            mean_eps = float(method.eps.mean()) if isinstance(getattr(method, "eps", None), Tensor) else ""
-            last_row = {"step": done, "lr": lr, "loss": stats["loss"],
-                        "train_acc": stats.get("acc", stats.get("adv_acc", "")), "val_acc": val.acc,
-                        "val_pgd_acc": val.pgd_acc, "val_margin": val.margin, "mean_eps": mean_eps,
-                        "seconds": round(time.perf_counter() - t0, 2)}
-            improved = val.margin > best
-            best = max(best, val.margin)
-            if dist_info.main:
-                metrics.append(last_row)
-                bar.write(f"step {done}: val acc {val.acc:.4f}, PGD acc {val.pgd_acc:.4f}, "
-                          f"avg margin {val.margin:.4f}")
-                payload = {"arch": arch, "config": config_dict, "step": done, "model": core.state_dict()}
-                if improved:
-                    save_checkpoint(out / "checkpoints" / "best.pt", {**payload, "val_margin": val.margin})
-                save_checkpoint(out / "checkpoints" / "last.pt", {
-                    **payload, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-                    "best_margin": best, "rng": _rng_state(), "world_size": world})
-            barrier()
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                method.sync()
+                val = validate(unwrap(model), cfg, ds.val, rank, world)
+                mean_eps = float(method.eps.mean()) if isinstance(getattr(method, "eps", None), Tensor) else ""
+                last_row = {"step": done, "lr": lr, "loss": stats["loss"],
+                            "train_acc": stats.get("acc", stats.get("adv_acc", "")), "val_acc": val.acc,
+                            "val_pgd_acc": val.pgd_acc, "val_margin": val.margin, "mean_eps": mean_eps,
+                            "seconds": round(time.perf_counter() - t0, 2)}
+                improved = val.margin > best
+                best = max(best, val.margin)
+                if dist_info.main:
+                    metrics.append(last_row)
+                    bar.write(f"step {done}: val acc {val.acc:.4f}, PGD acc {val.pgd_acc:.4f}, "
+                              f"avg margin {val.margin:.4f}")
+                    payload = {"arch": arch, "config": config_dict, "step": done, "model": core.state_dict()}
+                    if improved:
+                        save_checkpoint(out / "checkpoints" / "best.pt", {**payload, "val_margin": val.margin})
+                    save_checkpoint(out / "checkpoints" / "last.pt", {
+                        **payload, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                        "best_margin": best, "rng": _rng_state(), "world_size": world})
+                barrier()
     bar.close()
     return {"last": last_row, "best_margin": best, "out": str(out)}

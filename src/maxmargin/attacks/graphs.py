@@ -99,7 +99,6 @@ class _Graphed:
         self.y = y[:1].expand(size).clone()
         self.eps = torch.ones(size, dtype=x.dtype, device=x.device)
         self.step = torch.zeros(size, dtype=x.dtype, device=x.device)
-
         self.classes = 0
 
         def seen(logits: Tensor) -> None:
@@ -110,15 +109,23 @@ class _Graphed:
             return pgd_loop(model, self.x, self.y, self.x0.clone(), norm, self.eps, k, self.step, loss_fn, lo, hi,
                             first)
 
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+        self.capture(run, seen, steps)
+
+    def capture(self, run: Callable[..., Tensor], seen: Callable[[Tensor], None], steps: int) -> None:
+        """Warm up (cuDNN/cuBLAS choose kernels and workspaces), then capture ``run(steps)`` into a graph."""
+        device = self.x.device
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for _ in range(2):   # cuDNN/cuBLAS choose kernels and workspaces before the capture
-                run(1, seen)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+            run(1, seen)
+            run(1)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = run(steps)
+
+    def replay(self) -> None:
+        self.graph.replay()
 
     def __call__(self, x: Tensor, y: Tensor, x0: Tensor, eps: Tensor, step: Tensor) -> Tensor:
         n, size = x.shape[0], self.x.shape[0]
@@ -129,7 +136,7 @@ class _Graphed:
         self.y.copy_(y[rows])
         self.eps.copy_(eps[rows])
         self.step.copy_(step[rows])
-        self.graph.replay()
+        self.replay()
         return self.out[:n].clone()
 
 

@@ -11,8 +11,6 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..attacks.graphs import set_cuda_graphs
-
 
 class Autocast(nn.Module):
     """Run ``inner`` under autocast (bf16 by default), optionally in channels_last layout."""
@@ -36,10 +34,9 @@ def apply_fast_paths(model: nn.Module, amp: str, channels_last: bool, compile: b
                      notice: Callable[[str], None] = print, cuda_graphs: bool = False) -> nn.Module:
     """Wrap ``model`` as the config asks; on a CPU the options are accepted and ignored with a notice.
 
-    ``cuda_graphs`` switches the attacks' PGD loops to CUDA-graph replay
-    (:mod:`maxmargin.attacks.graphs`) on CUDA, and off elsewhere.
+    ``cuda_graphs`` is only named here for the notice: the caller scopes it
+    with :func:`maxmargin.attacks.graphs.cuda_graphs`.
     """
-    set_cuda_graphs(cuda_graphs and device.type == "cuda")
     asked = [name for name, on in (("amp=" + amp, amp != "off"), ("channels_last", channels_last),
                                    ("compile", compile), ("cuda_graphs", cuda_graphs)) if on]
     if not asked:
