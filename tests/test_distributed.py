@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,30 @@ def test_checkpoint_of_two_ranks_evaluates_and_resumes_in_one(runs, capsys):
     assert main(["train", "--out", str(runs / "two"), "--resume", "--set", "steps=70", "--quiet"]) == 0
     last = torch.load(runs / "two/checkpoints/last.pt", weights_only=True)
     assert last["step"] == 70 and last["world_size"] == 1
+
+
+def test_eval_and_margins_shard_across_two_processes(runs):
+    run = str(runs / "one")
+    evals = ["eval", run, "--num-examples", "61", "--eps", "0.1,0.2", "--margins", "--quiet"]
+    r = torchrun(*evals, "--out", str(runs / "ev2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("clean accuracy") == 1, "only rank 0 prints"
+    assert main([*evals, "--out", str(runs / "ev1")]) == 0
+    two, one = (json.loads((runs / d / "eval.json").read_text()) for d in ("ev2", "ev1"))
+    assert two["n"] == one["n"] == 61
+    assert two["clean_accuracy"] == one["clean_accuracy"]
+    for e, acc in one["robust_accuracy"].items():
+        # attack noise differs per rank; each example is still attacked by the same attacks
+        assert abs(two["robust_accuracy"][e] - acc) <= 3 / 61
+        assert two["by_attack"]["margin-search"][e] == two["robust_accuracy"][e]
+    assert abs(two["margin"]["mean"] - one["margin"]["mean"]) <= 0.05 * one["margin"]["mean"]
+
+    r = torchrun("margin", run, "--num-examples", "61", "--out", str(runs / "m2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main(["margin", run, "--n", "61", "--out", str(runs / "m1")]) == 0
+    m2, m1 = (torch.load(runs / d / "margins.pt", weights_only=True) for d in ("m2", "m1"))
+    assert m2.shape == m1.shape == (61,)
+    # the shards come back in the original order: misclassified examples (margin 0) line up
+    assert torch.equal(m2 == 0, m1 == 0) and bool((m1 == 0).any()) and bool((m1 > 0).any())
+    assert torch.allclose(m2, m1, rtol=0.1, atol=0.01)
+    assert not list(runs.glob("m2/*.tmp")) and not list(runs.glob("ev2/*.tmp"))

@@ -43,17 +43,26 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, out if out is not None else Path("runs") / cfg.name
 
 
+def _shutdown() -> None:
+    from .distributed import shutdown
+
+    shutdown()
+
+
+def _is_main() -> bool:
+    """Rank 0 under torchrun, or the only process: the one that prints summaries."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
-
-    from .distributed import shutdown
 
     cfg, out = resolve_config(args)
     try:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet)
     finally:
-        shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
+        _shutdown()
+    if _is_main():
         print(f"run directory: {result['out']} (best average validation margin {result['best_margin']:.4f})")
     return 0
 
@@ -76,10 +85,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_run import eval_run, parse_eps
 
-    r = eval_run(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
-                 transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
-                 batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
-                 margins=True if args.margins else None, progress=not args.quiet, seed=args.seed)
+    try:
+        r = eval_run(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
+                     transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
+                     batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
+                     margins=True if args.margins else None, progress=not args.quiet, seed=args.seed)
+    finally:
+        _shutdown()
+    if not _is_main():
+        return 0
     print(f"clean accuracy {r.clean_accuracy:.4f}; robust accuracy " +
           ", ".join(f"{e:.4g}: {a:.4f}" for e, a in r.robust_accuracy.items()) +
           f"; average {r.average_robust_accuracy:.4f}")
@@ -91,8 +105,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_margin(args: argparse.Namespace) -> int:
     from .eval_run import margin_run
 
-    st = margin_run(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size, device=args.device,
-                    data_dir=args.data, eps_max=args.eps_max, seed=args.seed)
+    try:
+        st = margin_run(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size,
+                        device=args.device, data_dir=args.data, eps_max=args.eps_max, seed=args.seed)
+    finally:
+        _shutdown()
+    if not _is_main():
+        return 0
     q = st["quantiles"]
     print(f"{st['n']} examples ({st['norm']}): mean margin {st['mean']:.4f}, median {st['median']:.4f}, "
           f"10%/90% {q['0.1']:.4f}/{q['0.9']:.4f}, misclassified {st['zero_fraction']:.3f}")
@@ -119,7 +138,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--out", help="folder for the outputs (default: the run directory)")
-    p.add_argument("--n", type=int, help="evaluate the first N test examples (default: all)")
+    p.add_argument("--n", "--num-examples", dest="n", type=int,
+                   help="evaluate the first N test examples (default: all; under torchrun write --num-examples)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data", help="dataset folder, if the run's config does not say")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -65,6 +65,39 @@ def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
     return t
 
 
+def rank_world() -> tuple[int, int]:
+    """This process's rank and the world size of the initialized group ((0, 1) without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(t: Tensor) -> Tensor:
+    """This rank's rows of ``t``: every ``world``-th one from ``rank`` (sizes differ by at most one)."""
+    rank, world = rank_world()
+    return t if world == 1 else t[rank::world]
+
+
+def gather_shards(t: Tensor, n: int, dim: int = 0) -> Tensor:
+    """Undo :func:`shard` along ``dim`` on every rank: the ``n`` rows in their original order."""
+    rank, world = rank_world()
+    if world == 1:
+        return t
+    t = t.movedim(dim, 0)
+    size = -(-n // world)
+    kind = t.dtype
+    if kind == torch.bool:   # gloo cannot reduce or gather bool tensors
+        t = t.to(torch.uint8)
+    padded = torch.zeros((size, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[:t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    out = torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    for r, part in enumerate(parts):
+        out[r::world] = part[:len(range(r, n, world))]
+    return out.to(kind).movedim(0, dim)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -10,11 +10,11 @@ import torch
 from .checkpoint import load_model
 from .config import write_atomic
 from .data import load_dataset
+from .distributed import barrier, init_distributed
 from .errors import UserError
 from .evaluate import EvalResult, default_eps_grid, evaluate
 from .margin import margin_search
 from .report import margin_stats, plot_margins, write_eval_report
-from .train import resolve_device
 
 MARGIN_CAPS = {"linf": 0.5, "l2": 8.0}
 
@@ -59,44 +59,60 @@ def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None 
              transfer_from: Sequence[Path] = (), out: Path | None = None, n: int | None = None,
              batch_size: int = 500, device: str = "auto", data_dir: str | None = None, split: str = "test",
              margins: bool | None = None, progress: bool = True, seed: int = 0) -> EvalResult:
-    dev = resolve_device(device)
+    """Evaluate a run's checkpoint and write eval.json, report.md and the plots.
+
+    Under ``torchrun`` every rank attacks a shard of the test set; all ranks
+    get the full result and rank 0 alone writes the files.
+    """
+    info, dev = init_distributed(device)
     model, cfg, ckpt = load_model(target, dev)
     sources, names = [], []
     for src in transfer_from:
         m, _, _ = load_model(src, dev)
         sources.append(m)
         names.append(run_dir_of(src).name)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + 1_000_003 * info.rank)
     x, y = test_data(cfg, data_dir, dev, n, split)
     grid = list(eps) if eps is not None else default_eps_grid(cfg.dataset, cfg.norm)
     use_margins = protocol == "paper" if margins is None else margins
     m = None
     if use_margins:
-        m = margin_search(model, x, y, cfg.norm, 2 * max(grid), batch_size)
+        m = margin_search(model, x, y, cfg.norm, 2 * max(grid), batch_size, distributed=True)
     result = evaluate(model, x, y, norm=cfg.norm, eps=grid, protocol=protocol, sources=sources,
                       batch_size=batch_size, margins=m, margin_attack=use_margins, source_names=names,
-                      progress=progress)
+                      progress=progress and info.main, distributed=True)
     out = Path(out) if out is not None else run_dir_of(target)
-    write_eval_report(result, out, f"Evaluation of {run_dir_of(target).name}",
-                      {"checkpoint": str(target), "step": ckpt.get("step"), "split": split,
-                       "transfer_from": [str(s) for s in transfer_from], "seed": seed})
+    if info.main:
+        write_eval_report(result, out, f"Evaluation of {run_dir_of(target).name}",
+                          {"checkpoint": str(target), "step": ckpt.get("step"), "split": split,
+                           "transfer_from": [str(s) for s in transfer_from], "seed": seed,
+                           "processes": info.world})
+    barrier()
     return result
 
 
 def margin_run(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
                device: str = "auto", data_dir: str | None = None, eps_max: float | None = None,
                seed: int = 0) -> dict:
-    dev = resolve_device(device)
-    model, cfg, _ = load_model(target, dev)
-    torch.manual_seed(seed)
-    x, y = test_data(cfg, data_dir, dev, n, "test")
-    cap = eps_max if eps_max is not None else MARGIN_CAPS[cfg.norm]
-    if cap <= 0:
+    """Margins of a run's test examples: margins.json, margins.pt and the CDF plot (sharded under torchrun)."""
+    cap = eps_max
+    if cap is not None and cap <= 0:
         raise UserError("--eps-max must be > 0")
-    m = margin_search(model, x, y, cfg.norm, cap, batch_size)
-    out = Path(out) if out is not None else run_dir_of(target)
-    out.mkdir(parents=True, exist_ok=True)
+    info, dev = init_distributed(device)
+    model, cfg, _ = load_model(target, dev)
+    torch.manual_seed(seed + 1_000_003 * info.rank)
+    x, y = test_data(cfg, data_dir, dev, n, "test")
+    cap = cap if cap is not None else MARGIN_CAPS[cfg.norm]
+    m = margin_search(model, x, y, cfg.norm, cap, batch_size, distributed=True)
     stats = {"norm": cfg.norm, "cap": cap, **margin_stats(m)}
+    if info.main:
+        _write_margins(m, stats, Path(out) if out is not None else run_dir_of(target), cfg.norm, cap)
+    barrier()
+    return stats
+
+
+def _write_margins(m: torch.Tensor, stats: dict, out: Path, norm: str, cap: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "margins.json", json.dumps(stats, indent=2))
     torch.save(m.cpu(), out / "margins.pt.tmp")
     (out / "margins.pt.tmp").replace(out / "margins.pt")
@@ -104,8 +120,7 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     if (out / "eval.json").is_file():   # put the attack curve beside the CDF's prediction
         try:
             ev = json.loads((out / "eval.json").read_text())
-            curve = {float(e): a for e, a in ev["robust_accuracy"].items()} if ev.get("norm") == cfg.norm else None
+            curve = {float(e): a for e, a in ev["robust_accuracy"].items()} if ev.get("norm") == norm else None
         except (json.JSONDecodeError, KeyError, ValueError):
             curve = None
-    plot_margins(m, out, cfg.norm, cap, curve)
-    return stats
+    plot_margins(m, out, norm, cap, curve)

@@ -19,6 +19,7 @@ from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
 from .diagnostics import masking_flags
 from .errors import UserError
+from .distributed import all_reduce, gather_shards, rank_world, shard
 from .margin import margin_search
 from .norms import get_norm, per_example
 
@@ -186,6 +187,7 @@ def evaluate(
     margin_attack: bool | None = None,
     source_names: Sequence[str] | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` at every ε of the grid under ``protocol``.
 
@@ -194,6 +196,10 @@ def evaluate(
     paper protocol) a targeted minimal-perturbation search runs as one more
     attack, and every example whose verified adversarial point lies within ε
     counts as broken.
+
+    With ``distributed=True`` inside an initialized process group, every
+    rank passes the same ``x`` (and ``margins``), attacks its own shard, and
+    all ranks return the same, complete result.
     """
     x, y, lo, hi = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
@@ -204,6 +210,14 @@ def evaluate(
         raise ValueError(f"eps must be >= 0, got {grid}")
     if batch_size <= 0:
         raise ValueError("batch_size must be > 0")
+    n_all = x.shape[0]
+    if margins is not None and margins.shape != (n_all,):
+        raise ValueError(f"margins must have shape ({n_all},), got {tuple(margins.shape)}")
+    x_all, y_all = x, y
+    if distributed:
+        x, y = shard(x), shard(y)
+        margins = None if margins is None else shard(margins)
+    rank, _ = rank_world() if distributed else (0, 1)
     n = x.shape[0]
     specs = build_protocol(model, protocol, norm, tuple(x.shape[1:]), sources, (lo, hi), source_names)
     if margin_attack is None:
@@ -215,13 +229,14 @@ def evaluate(
             correct[s:s + batch_size] = model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]
     if margin_attack and margins is None:
         cap = 2 * max(grid) if max(grid) > 0 else 1.0
-        margins = margin_search(model, x, y, norm, cap, batch_size, bounds=(lo, hi))
+        margins = margin_search(model, x, y, norm, cap, batch_size, bounds=(lo, hi))   # this rank's shard
 
     robust = correct.unsqueeze(0).repeat(len(grid), 1)
+    # counts, not fractions, so that ranks can add them up
     broken: dict[str, list[int]] = {}
-    after: dict[str, dict[float, float]] = {}
+    left: dict[str, list[int]] = {}
     total = len(grid) * len(specs)
-    bar = tqdm(total=total, disable=not progress, desc=f"eval ({protocol})", dynamic_ncols=True)
+    bar = tqdm(total=total, disable=not progress or rank != 0, desc=f"eval ({protocol})", dynamic_ncols=True)
     for i, e in enumerate(grid):
         for spec in specs:
             key = spec.key
@@ -238,16 +253,27 @@ def evaluate(
                     robust[i, idx[fooled]] = False
                     new += int(fooled.sum())
             broken.setdefault(key, [0] * len(grid))[i] = new
-            after.setdefault(key, {})[e] = float(robust[i].float().mean())
+            left.setdefault(key, [0] * len(grid))[i] = int(robust[i].sum())
             bar.update(1)
         if margin_attack and margins is not None:
             fooled = robust[i] & (margins <= e)
             robust[i, fooled] = False
             broken.setdefault("margin-search", [0] * len(grid))[i] = int(fooled.sum())
-            after.setdefault("margin-search", {})[e] = float(robust[i].float().mean())
+            left.setdefault("margin-search", [0] * len(grid))[i] = int(robust[i].sum())
     bar.close()
+    if distributed:
+        keys = list(broken)
+        flat = torch.tensor([broken[k] + left[k] for k in keys], dtype=torch.float64, device=x.device)
+        flat = all_reduce(flat).round().long().tolist()
+        broken = {k: row[:len(grid)] for k, row in zip(keys, flat)}
+        left = {k: row[len(grid):] for k, row in zip(keys, flat)}
+        robust = gather_shards(robust, n_all, dim=1)
+        correct = gather_shards(correct, n_all)
+        margins = None if margins is None else gather_shards(margins, n_all)
+        x, y = x_all, y_all
+    after = {k: {e: c / max(n_all, 1) for e, c in zip(grid, row)} for k, row in left.items()}
 
-    robust_acc = {e: float(robust[i].float().mean()) for i, e in enumerate(grid)}
+    robust_acc = {e: int(robust[i].sum()) / max(n_all, 1) for i, e in enumerate(grid)}
     rows = []
     for spec in specs:
         key = spec.key
