@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from maxmargin.attacks import anpgd, anpgd_search, pgd
 from maxmargin.losses import logit_margin, soft_logit_margin

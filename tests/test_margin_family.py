@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from maxmargin.attacks import ddn
 from maxmargin.data import load_dataset

@@ -19,7 +19,7 @@ from .attacks.anpgd import anpgd_search
 from .checkpoint import arch_of, load_checkpoint, load_weights, model_from_arch, save_checkpoint
 from .config import Config, check, to_toml, write_atomic
 from .data import BatchStream, Dataset, Split, augment, load_dataset
-from .distributed import all_reduce, barrier, init_distributed, resolve_device, unwrap
+from .distributed import all_reduce, barrier, init_distributed, unwrap
 from .errors import UserError
 from .methods import build_method
 from .attacks.graphs import cuda_graphs
