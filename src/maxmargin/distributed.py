@@ -91,7 +91,7 @@ def gather_shards(t: Tensor, n: int, dim: int = 0) -> Tensor:
     padded = torch.zeros((size, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[:t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
+    dist.all_gather(parts, padded)
     out = torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device)
     for r, part in enumerate(parts):
         out[r::world] = part[:len(range(r, n, world))]

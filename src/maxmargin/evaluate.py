@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
 from .diagnostics import masking_flags
-from .errors import UserError
 from .distributed import all_reduce, gather_shards, rank_world, shard
+from .errors import UserError
 from .margin import margin_search
 from .norms import get_norm, per_example
 

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 
 from .attacks import pgd
 from .attacks.anpgd import anpgd_search
+from .attacks.graphs import cuda_graphs
 from .checkpoint import arch_of, load_checkpoint, load_weights, model_from_arch, save_checkpoint
 from .config import Config, check, to_toml, write_atomic
 from .data import BatchStream, Dataset, Split, augment, load_dataset
 from .distributed import all_reduce, barrier, init_distributed, unwrap
 from .errors import UserError
 from .methods import build_method
-from .attacks.graphs import cuda_graphs
 from .models.fast import apply_fast_paths
 
 METRICS = ["step", "lr", "loss", "train_acc", "val_acc", "val_pgd_acc", "val_margin", "mean_eps", "seconds"]

@@ -130,12 +130,12 @@ class _Graphed:
     def __call__(self, x: Tensor, y: Tensor, x0: Tensor, eps: Tensor, step: Tensor) -> Tensor:
         n, size = x.shape[0], self.x.shape[0]
         check_labels(torch.empty(0, self.classes), y)
-        rows = slice(None) if n == size else torch.arange(size, device=x.device).clamp_(max=n - 1)
-        self.x.copy_(x[rows])
-        self.x0.copy_(x0[rows])
-        self.y.copy_(y[rows])
-        self.eps.copy_(eps[rows])
-        self.step.copy_(step[rows])
+        rows = None if n == size else torch.arange(size, device=x.device).clamp_(max=n - 1)
+        for buf, src in ((self.x, x), (self.x0, x0), (self.y, y), (self.eps, eps), (self.step, step)):
+            if rows is None:
+                buf.copy_(src)
+            else:   # gather straight into the static buffer: one kernel, no temporary
+                torch.index_select(src, 0, rows, out=buf)
         self.replay()
         return self.out[:n].clone()
 
