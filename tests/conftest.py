@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from maxmargin.norms import get_norm
 
@@ -88,3 +88,62 @@ def tiny_preset(name: str):
                            margin_steps=2).items():
         setattr(cfg, key, value)
     return cfg
+
+
+def relu_net_2d(seed: int, width: int = 24, depth: int = 2, classes: int = 4) -> nn.Module:
+    """A small non-linear classifier of points in the unit square."""
+    torch.manual_seed(seed)
+    layers, d = [], 2
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, classes))
+    net = nn.Sequential(*layers)
+    with torch.no_grad():      # bring the boundaries inside the square
+        net[0].weight.mul_(6.0)
+        net[0].bias.copy_(-(net[0].weight @ torch.full((2,), 0.5)) + torch.randn(width))
+    return net
+
+
+def exact_margin_2d(net: nn.Module, x: Tensor, y: Tensor, norm: str, rays: int = 1440, radii: int = 800,
+                    refine: int = 30) -> Tensor:
+    """Exact margins in the unit square by a dense search over rays and radii, then bisection.
+
+    The closest adversarial point lies on some ray from ``x``; along each ray
+    the first crossing is found on a grid of ``radii`` steps of the norm's own
+    length and bisected; the smallest over the rays is the margin (inf where
+    no point of the square is adversarial). 0 where ``x`` is misclassified.
+    """
+    from maxmargin.losses import logit_margin
+
+    theta = torch.arange(rays, dtype=torch.float64) * (2 * torch.pi / rays)
+    u = torch.stack([theta.cos(), theta.sin()], 1)
+    u = u / get_norm(norm).measure(u)[:, None]                    # unit length in the norm
+    t = torch.linspace(0, 1.5, radii + 1, dtype=torch.float64)[1:]
+    net = net.double()
+    out = []
+    with torch.no_grad():
+        for xi, yi in zip(x.double(), y):
+            if logit_margin(net(xi[None]), yi[None]) >= 0:
+                out.append(0.0)
+                continue
+            pts = xi + t[None, :, None] * u[:, None, :]             # [rays, radii, 2]
+            inside = ((pts >= 0) & (pts <= 1)).all(-1)
+            adv = (logit_margin(net(pts.reshape(-1, 2)), yi.expand(pts.shape[0] * pts.shape[1]))
+                   .reshape(rays, radii) >= 0) & inside
+            hit = adv.any(1)
+            if not bool(hit.any()):
+                out.append(float("inf"))
+                continue
+            first = adv.float().argmax(1)[hit]
+            dirs = u[hit]
+            hi = t[first]
+            lo = torch.where(first > 0, t[(first - 1).clamp_min(0)], torch.zeros_like(hi))
+            for _ in range(refine):
+                mid = (lo + hi) / 2
+                p = xi + mid[:, None] * dirs
+                a = (logit_margin(net(p), yi.expand(len(mid))) >= 0) & ((p >= 0) & (p <= 1)).all(-1)
+                hi, lo = torch.where(a, mid, hi), torch.where(a, lo, mid)
+            out.append(float(hi.min()))
+    net.float()
+    return torch.tensor(out, dtype=torch.float64)

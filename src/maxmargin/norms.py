@@ -11,6 +11,7 @@ Radii are per-example tensors of shape ``[B]``; perturbations have any shape
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -39,6 +40,16 @@ class Norm(ABC):
         """Per-example dual norm of ``g``: the rate of a linear function along a unit step."""
 
     @abstractmethod
+    def row_duals(self, apply_abs: Callable[[Tensor], Tensor], apply_sq: Callable[[Tensor], Tensor],
+                  ones: Tensor) -> Tensor:
+        """Dual norm of every row of a linear map ``W`` that is only given as functions.
+
+        ``apply_abs(v)`` computes ``|W| v`` and ``apply_sq(v)`` computes ``W² v``
+        (elementwise powers); ``ones`` is an all-ones input. The result is how
+        far each output can move over a unit ball of inputs.
+        """
+
+    @abstractmethod
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         """Closest point to ``delta`` inside the ball of per-example radius ``eps``."""
 
@@ -60,6 +71,9 @@ class LinfNorm(Norm):
     def dual(self, g: Tensor) -> Tensor:
         return g.flatten(1).abs().sum(dim=1)
 
+    def row_duals(self, apply_abs, apply_sq, ones):
+        return apply_abs(ones)
+
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         e = bcast(eps, delta)
         return torch.maximum(torch.minimum(delta, e), -e)
@@ -80,6 +94,9 @@ class L2Norm(Norm):
 
     def dual(self, g: Tensor) -> Tensor:
         return self.measure(g)
+
+    def row_duals(self, apply_abs, apply_sq, ones):
+        return apply_sq(ones).clamp_min(0).sqrt()
 
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         n = self.measure(delta)
