@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from .attacks._common import Bounds, check_count, check_inputs, check_labels, frozen
 from .attacks.anpgd import line_search
 from .attacks.ddn import ddn_search
+from .attacks.fmn import fmn_search
 from .attacks.pgd import pgd_steps
 from .distributed import gather_shards, shard
 from .losses import logit_margin
@@ -33,20 +34,32 @@ def estimate_margin(
     targets: int = 9,
     rounds: int = 3,
     attack: str = "pgd",
-) -> Tensor:
+    return_points: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Upper bound on each example's margin ``min ‖δ‖ s.t. LM(x + δ, y) ≥ 0``.
 
     Misclassified examples get exactly 0. Every other value is the norm of a
     point verified to reach ``LM ≥ 0``; where none was found within
     ``eps_max`` the value is ``eps_max`` (read it as "at least ``eps_max``").
+    With ``return_points=True`` the result is ``(margins, x_adv)``: the
+    adversarial point behind each value (``x`` itself where the example is
+    misclassified or nothing was found), so every value can be checked.
 
-    Untargeted PGD on LM stalls at whichever class leads at its start, so
-    each round runs a targeted PGD towards each of the ``targets`` runner-up
-    classes (all of them in one batch) at the current estimate, and searches
-    ``[0, estimate]`` along each direction for the first misclassified point.
-    Later rounds and restarts shrink the estimate further; on linear models
-    one round is already exact up to the search's resolution. The first
-    restart starts PGD at ``x`` (no noise), later ones at random points.
+    The search runs towards each of the ``targets`` runner-up classes at
+    once (untargeted searches stall on whichever class leads at the start):
+
+    1. a minimal-norm search of the FMN kind (:mod:`maxmargin.attacks.fmn`)
+       with ``steps`` iterations, whose radius grows from a linear estimate
+       of the boundary's distance and shrinks once adversarial, so it does
+       not depend on a good starting radius;
+    2. ``rounds`` of targeted PGD at the current estimate, each followed by a
+       search of ``[0, estimate]`` along its direction for the first
+       misclassified point (on linear models one round is exact up to the
+       search's resolution); later restarts start PGD at random points.
+
+    Measured on small 2-D ReLU networks with exactly known margins (tests):
+    PGD rounds alone, started at ``eps_max``, overestimated 3-6× on a fifth
+    of the points; with the FMN stage the 90th percentile is within 1.5 %.
 
     ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
     ``steps`` iterations started at ``eps_max / 10``.
@@ -66,8 +79,11 @@ def estimate_margin(
         if nrm.name != "l2":
             raise ValueError("attack='ddn' measures L2 margins: use norm='l2'")
         r = ddn_search(model, x, y, steps=steps, init_norm=cap / 10, bounds=(lo, hi))
-        return torch.where(r.found, torch.minimum(r.norm, cap), cap)
+        ok = r.found & (r.norm <= cap)
+        m = torch.where(ok, r.norm, cap)
+        return (m, torch.where(bcast(ok, x), r.x_adv, x)) if return_points else m
 
+    points = x.clone()
     with frozen(model):
         with torch.no_grad():
             logits = model(x)
@@ -76,36 +92,56 @@ def estimate_margin(
         idx = (margin > 0).nonzero().squeeze(1)
         k = min(targets, logits.shape[1] - 1)
         if idx.numel() == 0 or k == 0:
-            return margin
+            return (margin, points) if return_points else margin
         n = idx.numel()
         others = logits[idx].scatter(1, y[idx][:, None], float("-inf"))
         tgt = others.topk(k, dim=1).indices.T.reshape(-1)            # [k·n], target-major
         xs = x[idx].repeat(k, *([1] * (x.dim() - 1)))
         ys = y[idx].repeat(k)
         loss = _targeted_margin(tgt)
-        best = cap[idx].clone()
+        best = torch.full((k * n,), float("inf"), dtype=x.dtype, device=x.device)
+        best_x = xs.clone()
+
+        def keep(cand: Tensor, dist: Tensor) -> None:
+            nonlocal best, best_x
+            better = dist < best
+            best = torch.where(better, dist, best)
+            best_x = torch.where(bcast(better, xs), cand, best_x)
+
+        def shrink_along(delta: Tensor, radius: Tensor) -> None:
+            """The first misclassified point on the segment from ``x`` along ``delta`` up to ``radius``."""
+            u = delta / bcast(radius.clamp_min(1e-12), xs)
+            eta, found = line_search(model, xs, ys, u, torch.zeros_like(radius), radius,
+                                     torch.zeros_like(radius, dtype=torch.bool), logit_margin, search_steps,
+                                     (lo, hi))
+            cand = torch.clamp(xs + bcast(eta, xs) * u, lo, hi)
+            dist = torch.where(found & (radius > 0), nrm.measure(cand - xs), torch.full_like(eta, float("inf")))
+            keep(cand, dist)
+
+        delta, dist = fmn_search(model, xs, ys, nrm, loss, steps, cap[idx].repeat(k) / 100, lo, hi)
+        keep(xs + delta, dist)
+        shrink_along(delta, torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)))
         for restart in range(restarts):
-            est = cap[idx].clone()
             for _ in range(rounds):
+                est = best.reshape(k, n).amin(dim=0).minimum(cap[idx])
                 radius = est.repeat(k)
                 xa = pgd_steps(model, xs, ys, nrm, radius, steps, 2.5 * radius / steps, loss, restart > 0, lo, hi)
-                u = (xa - xs) / bcast(radius, xs)
-                no = torch.zeros_like(radius, dtype=torch.bool)
-                eta, found = line_search(model, xs, ys, u, torch.zeros_like(radius), radius, no,
-                                         logit_margin, search_steps, (lo, hi))
-                dist = nrm.measure(torch.clamp(xs + bcast(eta, xs) * u, lo, hi) - xs)
-                dist = torch.where(found, dist, torch.full_like(dist, float("inf")))
-                est = torch.minimum(est, dist.reshape(k, n).amin(dim=0))
-            best = torch.minimum(best, est)
-        margin[idx] = best
-    return margin
+                shrink_along(xa - xs, radius)
+        per = best.reshape(k, n)
+        j = per.argmin(dim=0)
+        found = per.gather(0, j[None]).squeeze(0) <= cap[idx]
+        rows = j * n + torch.arange(n, device=x.device)
+        margin[idx] = torch.where(found, best[rows], cap[idx])
+        points[idx] = torch.where(bcast(found, x[idx]), best_x[rows], x[idx])
+    return (margin, points) if return_points else margin
 
 
 def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, batch_size: int = 500,
                   bounds: Bounds = (0.0, 1.0), distributed: bool = False) -> Tensor:
     """:func:`estimate_margin` over a large set in batches, with the evaluation's settings.
 
-    50 PGD steps towards each of the 3 runner-up classes, 3 rounds: on
+    50 FMN steps and then 2 rounds of 50 PGD steps, towards each of the 3
+    runner-up classes (the cost of the 3 PGD rounds it used before FMN): on
     trained networks further rounds tighten the estimate far more than
     further target classes (measured on the quick MMA model: mean margin
     0.336 with 3×3, 0.444 with 9 targets × 1 round, 0.345 with 9 × 2 at twice
@@ -117,7 +153,7 @@ def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: fl
     if distributed:
         x, y = shard(x), shard(y)
     parts = [estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm, eps_max=eps_max,
-                             steps=50, search_steps=12, targets=3, rounds=3, bounds=bounds)
+                             steps=50, search_steps=12, targets=3, rounds=2, bounds=bounds)
              for s in range(0, x.shape[0], batch_size)]
     m = torch.cat(parts) if parts else torch.zeros(0, device=x.device)
     return gather_shards(m, n) if distributed else m
