@@ -29,6 +29,17 @@ def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
     return others.amax(dim=1) - true
 
 
+def strict_logit_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """LM where it is > 0, else −1: ``≥ 0`` only where another class strictly leads.
+
+    A search converged onto the boundary often lands where the two logits
+    round to the same float (LM exactly 0) and argmax picks the true class;
+    a point that is returned as adversarial must not be such a tie.
+    """
+    lm = logit_margin(logits, y)
+    return torch.where(lm > 0, lm, torch.full_like(lm, -1.0))
+
+
 def soft_logit_margin(logits: Tensor, y: Tensor) -> Tensor:
     """``SLM = logsumexp_{j≠y} f_j − f_y`` (a smooth upper bound of LM)."""
     true, others = _others(logits, y)

@@ -10,7 +10,7 @@ from .attacks.ddn import ddn_search
 from .attacks.fmn import fmn_search
 from .attacks.pgd import pgd_steps
 from .distributed import gather_shards, shard
-from .losses import logit_margin
+from .losses import logit_margin, strict_logit_margin
 from .norms import bcast, get_norm, per_example
 
 
@@ -112,7 +112,7 @@ def estimate_margin(
             """The first misclassified point on the segment from ``x`` along ``delta`` up to ``radius``."""
             u = delta / bcast(radius.clamp_min(1e-12), xs)
             eta, found = line_search(model, xs, ys, u, torch.zeros_like(radius), radius,
-                                     torch.zeros_like(radius, dtype=torch.bool), logit_margin, search_steps,
+                                     torch.zeros_like(radius, dtype=torch.bool), strict_logit_margin, search_steps,
                                      (lo, hi))
             cand = torch.clamp(xs + bcast(eta, xs) * u, lo, hi)
             dist = torch.where(found & (radius > 0), nrm.measure(cand - xs), torch.full_like(eta, float("inf")))

@@ -31,7 +31,7 @@ def fmn_search(model: nn.Module, x: Tensor, y: Tensor, nrm: Norm, loss_fn: LossF
     """The smallest adversarial perturbation found per example and its norm (inf where none).
 
     ``loss_fn`` is ascended (a targeted or untargeted margin); success is
-    ``LM ≥ 0`` whatever the target. ``eps`` is the starting radius. The model
+    ``LM > 0`` whatever the target. ``eps`` is the starting radius. The model
     must already be in eval mode; parameters' ``.grad`` is not touched.
     """
     delta = torch.zeros_like(x)
@@ -42,7 +42,7 @@ def fmn_search(model: nn.Module, x: Tensor, y: Tensor, nrm: Norm, loss_fn: LossF
         xa = (x + delta).requires_grad_(True)
         logits = model(xa)
         with torch.no_grad():
-            adv = logit_margin(logits, y) >= 0
+            adv = logit_margin(logits, y) > 0       # strictly: a tie may still be classified as y
             n = nrm.measure(delta)
             better = adv & (n < best)
             best = torch.where(better, n, best)
