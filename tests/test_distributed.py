@@ -83,7 +83,7 @@ def test_eval_and_margins_shard_across_two_processes(runs):
     r = torchrun("margin", run, "--num-examples", "61", "--out", str(runs / "m2"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert main(["margin", run, "--n", "61", "--out", str(runs / "m1")]) == 0
-    m2, m1 = (torch.load(runs / d / "margins.pt", weights_only=True) for d in ("m2", "m1"))
+    m2, m1 = (torch.load(runs / d / "margins.pt", weights_only=True)["upper"] for d in ("m2", "m1"))
     assert m2.shape == m1.shape == (61,)
     # the shards come back in the original order: misclassified examples (margin 0) line up
     assert torch.equal(m2 == 0, m1 == 0) and bool((m1 == 0).any()) and bool((m1 > 0).any())

@@ -89,7 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         r = eval_run(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
                      transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
                      batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
-                     margins=True if args.margins else None, progress=not args.quiet, seed=args.seed)
+                     margins=True if args.margins else None, progress=not args.quiet, seed=args.seed,
+                     certify=args.certify)
     finally:
         _shutdown()
     if not _is_main():
@@ -97,6 +98,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"clean accuracy {r.clean_accuracy:.4f}; robust accuracy " +
           ", ".join(f"{e:.4g}: {a:.4f}" for e, a in r.robust_accuracy.items()) +
           f"; average {r.average_robust_accuracy:.4f}")
+    cert = r.certified_accuracy()
+    if cert:
+        print(f"certified accuracy ({r.certify_method}) " + ", ".join(f"{e:.4g}: {a:.4f}" for e, a in cert.items()))
     for flag in r.flags:
         print(f"WARNING: {flag}")
     return 0
@@ -107,7 +111,8 @@ def cmd_margin(args: argparse.Namespace) -> int:
 
     try:
         st = margin_run(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size,
-                        device=args.device, data_dir=args.data, eps_max=args.eps_max, seed=args.seed)
+                        device=args.device, data_dir=args.data, eps_max=args.eps_max, seed=args.seed,
+                        certify=args.certify, progress=not args.quiet)
     finally:
         _shutdown()
     if not _is_main():
@@ -115,6 +120,10 @@ def cmd_margin(args: argparse.Namespace) -> int:
     q = st["quantiles"]
     print(f"{st['n']} examples ({st['norm']}): mean margin {st['mean']:.4f}, median {st['median']:.4f}, "
           f"10%/90% {q['0.1']:.4f}/{q['0.9']:.4f}, misclassified {st['zero_fraction']:.3f}")
+    if "certified" in st:
+        c = st["certified"]
+        print(f"certified lower bounds ({c['method']}): mean {c['mean']:.4f}, median {c['median']:.4f}; "
+              "certified accuracy " + ", ".join(f"{e}: {a:.4f}" for e, a in c["accuracy"].items()))
     return 0
 
 
@@ -177,12 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
     e.add_argument("--split", default="test", choices=["test", "val"])
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")
+    e.add_argument("--certify", choices=["crown", "ibp"],
+                   help="also prove robustness by bound propagation: a certified-accuracy column")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("margin", help="per-example margin estimates on the test split, with plots")
     _eval_common(m)
     m.add_argument("--eps-max", type=float, help="cap of the search (default 0.5 for linf, 8 for l2)")
+    m.add_argument("--certify", choices=["crown", "ibp"],
+                   help="also certified lower bounds per example (margins from both sides)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_margin)
 
     r = sub.add_parser("report", help="compare evaluated runs in one table and one plot")

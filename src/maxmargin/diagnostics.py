@@ -89,3 +89,16 @@ def masking_flags(model: nn.Module, x: Tensor, y: Tensor, result: "EvalResult", 
         flags.append(f"input gradients are zero or not finite on {share:.0%} of examples: gradient-based attacks "
                      f"cannot work here (masked or shattered gradients); {hint}")
     return flags
+
+
+def certificate_flags(robust: Tensor, certified: Tensor, eps: list[float]) -> list[str]:
+    """An example certified at ε that an attack broke at ε means a bug in the bound or the attack.
+
+    ``robust``: bool ``[len(eps), N]`` (every attack failed); ``certified``: ``[N]`` radii.
+    """
+    for i, e in enumerate(eps):
+        broken = int(((certified.to(robust.device) >= e) & ~robust[i]).sum())
+        if broken:
+            return [f"{broken} examples certified robust at ε={e:g} were broken by an attack: the certificate or "
+                    "the attack is wrong; report this as a bug with the checkpoint"]
+    return []

@@ -13,8 +13,9 @@ from .data import load_dataset
 from .distributed import barrier, init_distributed
 from .errors import UserError
 from .evaluate import EvalResult, default_eps_grid, evaluate
+from .certify import METHODS as CERTIFY_METHODS, certify_search
 from .margin import margin_search
-from .report import margin_stats, plot_margins, write_eval_report
+from .report import margin_stats, plot_margins, plot_sandwich, write_eval_report
 
 MARGIN_CAPS = {"linf": 0.5, "l2": 8.0}
 
@@ -58,12 +59,15 @@ def parse_eps(text: str | None) -> list[float] | None:
 def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None = None,
              transfer_from: Sequence[Path] = (), out: Path | None = None, n: int | None = None,
              batch_size: int = 500, device: str = "auto", data_dir: str | None = None, split: str = "test",
-             margins: bool | None = None, progress: bool = True, seed: int = 0) -> EvalResult:
+             margins: bool | None = None, progress: bool = True, seed: int = 0,
+             certify: str | None = None) -> EvalResult:
     """Evaluate a run's checkpoint and write eval.json, report.md and the plots.
 
     Under ``torchrun`` every rank attacks a shard of the test set; all ranks
-    get the full result and rank 0 alone writes the files.
+    get the full result and rank 0 alone writes the files. ``certify``
+    (``"crown"`` or ``"ibp"``) adds certified accuracy at every ε.
     """
+    _check_certify(certify)
     info, dev = init_distributed(device)
     model, cfg, ckpt = load_model(target, dev)
     sources, names = [], []
@@ -78,9 +82,14 @@ def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None 
     m = None
     if use_margins:
         m = margin_search(model, x, y, cfg.norm, 2 * max(grid), batch_size, distributed=True)
+    cert = None
+    if certify is not None and max(grid) > 0:
+        cert = certify_search(model, x, y, cfg.norm, max(grid), certify, distributed=True,
+                              progress=progress and info.main)
     result = evaluate(model, x, y, norm=cfg.norm, eps=grid, protocol=protocol, sources=sources,
                       batch_size=batch_size, margins=m, margin_attack=use_margins, source_names=names,
-                      progress=progress and info.main, distributed=True)
+                      progress=progress and info.main, distributed=True, certified=cert,
+                      certify_method=certify if cert is not None else None)
     out = Path(out) if out is not None else run_dir_of(target)
     if info.main:
         write_eval_report(result, out, f"Evaluation of {run_dir_of(target).name}",
@@ -91,13 +100,25 @@ def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None 
     return result
 
 
+def _check_certify(method: str | None) -> None:
+    if method is not None and method not in CERTIFY_METHODS:
+        raise UserError(f"--certify {method!r}: choose {' or '.join(CERTIFY_METHODS)}")
+
+
 def margin_run(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
                device: str = "auto", data_dir: str | None = None, eps_max: float | None = None,
-               seed: int = 0) -> dict:
-    """Margins of a run's test examples: margins.json, margins.pt and the CDF plot (sharded under torchrun)."""
+               seed: int = 0, certify: str | None = None, progress: bool = True) -> dict:
+    """Margins of a run's test examples: margins.json, margins.pt and the plots (sharded under torchrun).
+
+    With ``certify`` (``"crown"`` or ``"ibp"``) every example also gets a
+    certified lower bound: ``margins.pt`` holds ``{"upper": ..., "lower": ...}``,
+    ``margins.json`` both per example and the certified accuracy over the
+    dataset's ε grid, and ``margin_sandwich.png`` shows both bounds.
+    """
     cap = eps_max
-    if cap is not None and cap <= 0:
+    if cap is not None and not cap > 0:
         raise UserError("--eps-max must be > 0")
+    _check_certify(certify)
     info, dev = init_distributed(device)
     model, cfg, _ = load_model(target, dev)
     torch.manual_seed(seed + 1_000_003 * info.rank)
@@ -105,17 +126,29 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     cap = cap if cap is not None else MARGIN_CAPS[cfg.norm]
     m = margin_search(model, x, y, cfg.norm, cap, batch_size, distributed=True)
     stats = {"norm": cfg.norm, "cap": cap, **margin_stats(m)}
+    lower = None
+    if certify is not None:
+        lower = certify_search(model, x, y, cfg.norm, cap, certify, distributed=True, progress=progress and info.main)
+        grid = default_eps_grid(cfg.dataset, cfg.norm)
+        stats["certified"] = {"method": certify, **margin_stats(lower),
+                              "accuracy": {str(e): int((lower >= e).sum()) / max(len(lower), 1) for e in grid},
+                              "empirical_accuracy": {str(e): int((m > e).sum()) / max(len(m), 1) for e in grid}}
+        stats["per_example"] = {"upper": m.cpu().tolist(), "lower": lower.cpu().tolist()}
     if info.main:
-        _write_margins(m, stats, Path(out) if out is not None else run_dir_of(target), cfg.norm, cap)
+        _write_margins(m, stats, Path(out) if out is not None else run_dir_of(target), cfg.norm, cap, lower)
     barrier()
     return stats
 
 
-def _write_margins(m: torch.Tensor, stats: dict, out: Path, norm: str, cap: float) -> None:
+def _write_margins(m: torch.Tensor, stats: dict, out: Path, norm: str, cap: float,
+                   lower: torch.Tensor | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "margins.json", json.dumps(stats, indent=2))
-    torch.save(m.cpu(), out / "margins.pt.tmp")
+    payload = {"upper": m.cpu()} if lower is None else {"upper": m.cpu(), "lower": lower.cpu()}
+    torch.save(payload, out / "margins.pt.tmp")
     (out / "margins.pt.tmp").replace(out / "margins.pt")
+    if lower is not None:
+        plot_sandwich(lower, m, out, norm, stats["certified"]["method"])
     curve = None
     if (out / "eval.json").is_file():   # put the attack curve beside the CDF's prediction
         try:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
-from .diagnostics import masking_flags
+from .diagnostics import certificate_flags, masking_flags
 from .distributed import all_reduce, gather_shards, rank_world, shard
 from .errors import UserError
 from .margin import margin_search
@@ -67,6 +67,8 @@ class EvalResult:
     protocol: str = "quick"
     norm: str = "linf"
     margins: Tensor | None = None
+    certified: Tensor | None = None                  # per-example certified radius (lower bound), if asked
+    certify_method: str | None = None
 
     @property
     def average_robust_accuracy(self) -> float:
@@ -77,6 +79,13 @@ class EvalResult:
         if self.margins is None:
             return None
         return {e: float((self.margins > e).float().mean()) for e in self.eps}
+
+    def certified_accuracy(self) -> dict[float, float] | None:
+        """Fraction of examples proven robust at each ε: certified radius ≥ ε (never above robust accuracy)."""
+        if self.certified is None:
+            return None
+        n = max(int(self.certified.numel()), 1)
+        return {e: int((self.certified >= e).sum()) / n for e in self.eps}
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -92,6 +101,10 @@ class EvalResult:
             d["margin"] = {"mean": float(m.mean()), "median": float(m.median()),
                            "quantiles": {str(q): float(torch.quantile(m, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
                            "cdf_accuracy": {str(e): a for e, a in (self.margin_cdf_accuracy() or {}).items()}}
+        if self.certified is not None:
+            c = self.certified.float().cpu()
+            d["certified"] = {"method": self.certify_method, "mean": float(c.mean()), "median": float(c.median()),
+                              "accuracy": {str(e): a for e, a in (self.certified_accuracy() or {}).items()}}
         return d
 
 
@@ -188,6 +201,8 @@ def evaluate(
     source_names: Sequence[str] | None = None,
     progress: bool = False,
     distributed: bool = False,
+    certified: Tensor | None = None,
+    certify_method: str | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``(x, y)`` at every ε of the grid under ``protocol``.
 
@@ -200,6 +215,10 @@ def evaluate(
     With ``distributed=True`` inside an initialized process group, every
     rank passes the same ``x`` (and ``margins``), attacks its own shard, and
     all ranks return the same, complete result.
+
+    ``certified`` (per-example certified radii, e.g. from
+    :func:`maxmargin.certify.certified_margin`) adds the certified accuracy at
+    each ε, and a flag if any attack broke an example certified at that ε.
     """
     x, y, lo, hi = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
@@ -211,8 +230,9 @@ def evaluate(
     if batch_size <= 0:
         raise ValueError("batch_size must be > 0")
     n_all = x.shape[0]
-    if margins is not None and margins.shape != (n_all,):
-        raise ValueError(f"margins must have shape ({n_all},), got {tuple(margins.shape)}")
+    for name, per in (("margins", margins), ("certified", certified)):
+        if per is not None and per.shape != (n_all,):
+            raise ValueError(f"{name} must have shape ({n_all},), got {tuple(per.shape)}")
     x_all, y_all = x, y
     if distributed:
         x, y = shard(x), shard(y)
@@ -286,8 +306,12 @@ def evaluate(
                          "newly_broken": broken["margin-search"][i], "accuracy_after": after["margin-search"][e]})
     result = EvalResult(eps=grid, clean_accuracy=float(correct.float().mean()), robust_accuracy=robust_acc,
                         robust=robust.cpu(), by_attack=after, attacks=rows, protocol=protocol, norm=norm,
-                        margins=None if margins is None else margins.detach().cpu())
+                        margins=None if margins is None else margins.detach().cpu(),
+                        certified=None if certified is None else certified.detach().cpu(),
+                        certify_method=certify_method)
     result.flags = masking_flags(model, x, y, result, bounds=(lo, hi), batch_size=batch_size)
+    if certified is not None:
+        result.flags += certificate_flags(result.robust, result.certified, grid)
     return result
 
 

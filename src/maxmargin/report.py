@@ -57,6 +57,24 @@ def plot_margins(m: Tensor, out: Path, norm: str, eps_max: float | None = None,
     return [out / "margin_hist.png", out / "margin_cdf.png"]
 
 
+def plot_sandwich(lower: Tensor, upper: Tensor, out: Path, norm: str, method: str) -> Path:
+    """Every example's margin between its certified lower bound and its attack upper bound."""
+    upper, lower = upper.float().cpu(), lower.float().cpu()
+    order = upper.argsort()
+    i = torch.arange(len(order)).numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.fill_between(i, lower[order].numpy(), upper[order].numpy(), color="#bbccee", label="true margin lies here")
+    ax.plot(i, upper[order].numpy(), color="#4477aa", linewidth=1, label="upper bound (attack)")
+    ax.plot(i, lower[order].numpy(), color="#ee6677", linewidth=1, label=f"lower bound (certified, {method})")
+    ax.set_xlabel("examples, sorted by upper bound")
+    ax.set_ylabel(f"margin ({norm})")
+    ax.legend(fontsize=7)
+    ax.set_title("margins from both sides")
+    path = out / "margin_sandwich.png"
+    _save(fig, path)
+    return path
+
+
 def plot_robust_accuracy(result: EvalResult, out: Path) -> Path:
     """Robust accuracy against ε after each attack of the sequence (the paper's Figure 3 style)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -68,6 +86,9 @@ def plot_robust_accuracy(result: EvalResult, out: Path) -> Path:
     cdf = result.margin_cdf_accuracy()
     if cdf:
         ax.plot(e, [cdf[v] for v in e], "--", color="gray", label="margin CDF prediction")
+    cert = result.certified_accuracy()
+    if cert:
+        ax.plot(e, [cert[v] for v in e], "s:", color="#ee6677", label=f"certified ({result.certify_method})")
     ax.set_xlabel(f"ε ({result.norm})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.02)
@@ -84,10 +105,16 @@ def eval_markdown(result: EvalResult, title: str) -> str:
              f"- clean accuracy: **{result.clean_accuracy:.4f}**",
              f"- average robust accuracy over the grid: **{result.average_robust_accuracy:.4f}**", ""]
     cdf = result.margin_cdf_accuracy()
-    head = "| ε | robust accuracy |" + (" margin CDF |" if cdf else "")
-    lines += [head, "|---|---|" + ("---|" if cdf else "")]
+    cert = result.certified_accuracy()
+    head = "| ε | robust accuracy |" + (" margin CDF |" if cdf else "") + (
+        f" certified ({result.certify_method}) |" if cert else "")
+    lines += [head, "|---|---|" + ("---|" if cdf else "") + ("---|" if cert else "")]
     for e in result.eps:
-        lines.append(f"| {e:.4g} | {result.robust_accuracy[e]:.4f} |" + (f" {cdf[e]:.4f} |" if cdf else ""))
+        lines.append(f"| {e:.4g} | {result.robust_accuracy[e]:.4f} |" + (f" {cdf[e]:.4f} |" if cdf else "")
+                     + (f" {cert[e]:.4f} |" if cert else ""))
+    if cert:
+        lines += ["", "Certified accuracy: examples whose certified radius (a proven lower bound on the margin) "
+                  "is at least ε; no attack can break them. The true robust accuracy lies between the two columns."]
     lines += ["", "## Attacks (in the order they ran; each saw only the survivors)", "",
               "| attack | ε | steps | restarts | source | newly broken | accuracy after |",
               "|---|---|---|---|---|---|---|"]
@@ -136,13 +163,25 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
         lines.append(f"| {name} | {ev['norm']} | {ev['protocol']} | {ev['clean_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {ev['average_robust_accuracy']:.3f} | {margin} | {len(ev['flags'])} |")
         e = sorted(ra)
-        ax.plot(e, [ra[v] for v in e], "o-", label=f"{name} ({ev['norm']})")
+        (line,) = ax.plot(e, [ra[v] for v in e], "o-", label=f"{name} ({ev['norm']})")
+        if "certified" in ev:
+            ca = {float(k): v for k, v in ev["certified"]["accuracy"].items()}
+            cells = [f"{ca[g]:.3f}" if g in ca else "–" for g in grid]
+            avg = sum(ca.values()) / max(len(ca), 1)
+            cmargin = f"{ev['certified']['mean']:.3f}"
+            lines.append(f"| {name} · certified | {ev['norm']} | {ev['certified']['method']} | – | " + " | ".join(cells)
+                         + f" | {avg:.3f} | {cmargin} | – |")
+            c = sorted(ca)
+            ax.plot(c, [ca[v] for v in c], "s:", color=line.get_color(), label=f"{name} certified")
     ax.set_xlabel("ε")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
     out.mkdir(parents=True, exist_ok=True)
     _save(fig, out / "compare.png")
-    text = "# Comparison\n\n" + "\n".join(lines) + "\n\n![robust accuracy](compare.png)\n"
+    note = ("\n\nRows marked *certified* are proven lower bounds (certified accuracy; mean certified radius in "
+            "the margin column); the others are attack results (upper bounds).") if any(
+        "certified" in ev for _, ev in evals) else ""
+    text = "# Comparison\n\n" + "\n".join(lines) + note + "\n\n![robust accuracy](compare.png)\n"
     write_atomic(out / "compare.md", text)
     return "\n".join(lines)
