@@ -322,6 +322,8 @@ def trace(model: nn.Module, example: Tensor) -> list[Node]:
             consts[n] = n.meta.get("val")
             continue
         shape = tuple(meta.shape[1:])
+        if any(isinstance(v, fx.Node) and v in index for v in n.kwargs.values()):
+            raise ValueError(f"certified_margin cannot bound {n.format_node()}: a tensor passed by keyword")
         tensor_args = [a for a in n.args if isinstance(a, fx.Node) and a in index]
         op: Op
         if n.op == "placeholder":

@@ -97,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"clean accuracy {r.clean_accuracy:.4f}; robust accuracy " +
           ", ".join(f"{e:.4g}: {a:.4f}" for e, a in r.robust_accuracy.items()) +
-          f"; average {r.average_robust_accuracy:.4f}")
+          f"; average {r.average_robust_accuracy:.4f} over ε ≤ {max(r.averaged):.4g}; AvgAcc {r.avg_acc:.4f}")
     cert = r.certified_accuracy()
     if cert:
         print(f"certified accuracy ({r.certify_method}) " + ", ".join(f"{e:.4g}: {a:.4f}" for e, a in cert.items()))

@@ -41,6 +41,7 @@ class Config:
     eps: float = 0.3                     # PGD-AT radius
     pgdls_steps: int = 0                 # PGDLS: eps grows linearly over this many steps (0 = off)
     attack_steps: int = 40               # PGD steps inside PGD-AT and AN-PGD
+    attack_loss: str = "ce"              # PGD-AT: loss its PGD ascends, ce | slm | cw | lm (paper presets: slm)
     d_max: float = 0.45                  # MMA: largest margin trained for
     eps_min: float = 0.1                 # MMA: initial radius and floor
     clean_weight: float = 1.0 / 3.0      # MMA: 1/3; OMMA: 0
@@ -77,7 +78,9 @@ class Config:
     val_pgd_eps: float = 0.3
     val_pgd_step: float = 0.01
     val_pgd_steps: int = 40
-    margin_eps_max: float = 0.5          # cap of the validation margin estimate
+    margin_eps_max: float = 0.5          # cap of the validation margin estimate (MMA presets: 1.05·d_max)
+    margin_eps_init: Optional[float] = None   # radius of its PGD (None = margin_eps_max/2; MMA presets: val_pgd_eps)
+    margin_attack_loss: str = "lm"       # loss of its PGD, lm | slm (MMA presets: slm, as the official trainer)
     margin_steps: int = 20               # PGD steps of the validation margin estimate
     # run
     seed: int = 0
@@ -102,15 +105,17 @@ CHOICES = {
     "norm": ("linf", "l2"),
     "optimizer": ("adam", "sgd"),
     "search": ("bisect", "secant"),
+    "attack_loss": ("ce", "slm", "cw", "lm"),
+    "margin_attack_loss": ("lm", "slm"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("off", "bf16"),
 }
 NON_NEGATIVE = ("eps", "pgdls_steps", "d_max", "eps_min", "lr", "momentum", "weight_decay",
                 "grad_clip", "val_pgd_eps", "val_pgd_step", "margin_eps_max", "eval_size", "val_size",
-                "search_steps", "eps_inc", "attack_steps", "ddn_gamma", "beta", "attack_step", "amm_lam",
+                "search_steps", "eps_inc", "ddn_gamma", "beta", "attack_step", "amm_lam",
                 "amm_c", "amm_d", "amm_overshoot", "amm_grad_eps")
 POSITIVE_INTS = ("amm_top_k", "amm_iters")
-POSITIVE = ("batch_size", "steps", "eval_every", "eval_batch_size", "margin_steps", "val_pgd_steps")
+POSITIVE = ("batch_size", "steps", "eval_every", "eval_batch_size", "margin_steps", "val_pgd_steps", "attack_steps")
 
 
 def _base_type(key: str) -> tuple[type, bool]:
@@ -174,6 +179,8 @@ def check(cfg: Config) -> Config:
             raise UserError(f"config key {key!r} must be > 0, got {getattr(cfg, key)!r}")
     if len(cfg.lr_milestones) != len(cfg.lr_values):
         raise UserError("lr_milestones and lr_values must have the same length")
+    if cfg.margin_eps_init is not None and not cfg.margin_eps_init > 0:
+        raise UserError(f"config key 'margin_eps_init' must be > 0 (or none), got {cfg.margin_eps_init!r}")
     if not 0.0 <= cfg.clean_weight <= 1.0:
         raise UserError(f"config key 'clean_weight' must lie in [0, 1], got {cfg.clean_weight}")
     if cfg.method == "mma" and cfg.inner == "ddn" and cfg.norm != "l2":

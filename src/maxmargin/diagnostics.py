@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .attacks._common import Bounds, frozen
+from .attacks._common import Bounds, frozen, input_grad
 from .losses import cross_entropy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,9 +35,9 @@ def dead_gradient_share(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
     with frozen(model):
         for s in range(0, x.shape[0], batch_size):
             xs = x[s:s + batch_size].clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(cross_entropy(model(xs), y[s:s + batch_size]).sum(), xs)
-            g = g.flatten(1)
-            dead += int(((g.abs().amax(1) == 0) | ~torch.isfinite(g).all(1)).sum())
+            # non-finite entries come back as 0, so "all zero" covers masked, detached and shattered alike
+            g = input_grad(cross_entropy(model(xs), y[s:s + batch_size]).sum(), xs).flatten(1)
+            dead += int((g.abs().amax(1) == 0).sum())
     return dead / max(x.shape[0], 1)
 
 

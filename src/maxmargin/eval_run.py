@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +50,8 @@ def parse_eps(text: str | None) -> list[float] | None:
             out.append(float(item.split("/")[0]) / float(item.split("/")[1]) if "/" in item else float(item))
         except (ValueError, ZeroDivisionError):
             raise UserError(f"--eps {text!r}: expected numbers like 0.1,0.2 or 8/255") from None
+        if not math.isfinite(out[-1]):
+            raise UserError(f"--eps {text!r}: every radius must be a finite number")
     if not out:
         raise UserError("--eps needs at least one value")
     if any(e < 0 for e in out):
@@ -68,6 +71,7 @@ def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None 
     (``"crown"`` or ``"ibp"``) adds certified accuracy at every ε.
     """
     _check_certify(certify)
+    check_counts(n, batch_size)
     info, dev = init_distributed(device)
     model, cfg, ckpt = load_model(target, dev)
     sources, names = [], []
@@ -100,6 +104,14 @@ def eval_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None 
     return result
 
 
+def check_counts(n: int | None, batch_size: int) -> None:
+    """The command line's example count and batch size, before anything is loaded or written."""
+    if n is not None and n < 1:
+        raise UserError(f"--n must be >= 1 (or left out for the whole split), got {n}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def _check_certify(method: str | None) -> None:
     if method is not None and method not in CERTIFY_METHODS:
         raise UserError(f"--certify {method!r}: choose {' or '.join(CERTIFY_METHODS)}")
@@ -116,9 +128,10 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     dataset's ε grid, and ``margin_sandwich.png`` shows both bounds.
     """
     cap = eps_max
-    if cap is not None and not cap > 0:
-        raise UserError("--eps-max must be > 0")
+    if cap is not None and not 0 < cap < float("inf"):
+        raise UserError(f"--eps-max must be a finite number > 0, got {cap}")
     _check_certify(certify)
+    check_counts(n, batch_size)
     info, dev = init_distributed(device)
     model, cfg, _ = load_model(target, dev)
     torch.manual_seed(seed + 1_000_003 * info.rank)

@@ -103,7 +103,14 @@ def eval_markdown(result: EvalResult, title: str) -> str:
     lines = [f"# {title}", "", f"Protocol **{result.protocol}**, norm {result.norm}, "
              f"{result.robust.shape[1]} examples. An example is robust at ε only if every attack failed.", "",
              f"- clean accuracy: **{result.clean_accuracy:.4f}**",
-             f"- average robust accuracy over the grid: **{result.average_robust_accuracy:.4f}**", ""]
+             f"- average robust accuracy over ε = {', '.join(f'{e:g}' for e in result.averaged)}: "
+             f"**{result.average_robust_accuracy:.4f}**",
+             f"- AvgAcc (the MMA paper's: mean of clean and those robust accuracies): **{result.avg_acc:.4f}**"]
+    left_out = [e for e in result.eps if e not in result.averaged]
+    if left_out:
+        lines.append(f"- ε = {', '.join(f'{e:g}' for e in left_out)}: a gradient-masking check (every input can be "
+                     "moved to the middle of the box there), not in the averages")
+    lines.append("")
     cdf = result.margin_cdf_accuracy()
     cert = result.certified_accuracy()
     head = "| ε | robust accuracy |" + (" margin CDF |" if cdf else "") + (
@@ -153,24 +160,27 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
         except json.JSONDecodeError:
             raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {d}`") from None
     grid = sorted({float(e) for _, ev in evals for e in ev["eps"]})
-    head = "| run | norm | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) + " | avg | avg margin | flags |"
-    lines = [head, "|" + "---|" * (len(grid) + 7)]
+    head = ("| run | norm | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) +
+            " | avg | AvgAcc | avg margin | flags |")
+    lines = [head, "|" + "---|" * (len(grid) + 8)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, ev in evals:
         ra = {float(k): v for k, v in ev["robust_accuracy"].items()}
         cells = [f"{ra[e]:.3f}" if e in ra else "–" for e in grid]
         margin = f"{ev['margin']['mean']:.3f}" if "margin" in ev else "–"
         lines.append(f"| {name} | {ev['norm']} | {ev['protocol']} | {ev['clean_accuracy']:.3f} | " + " | ".join(cells) +
-                     f" | {ev['average_robust_accuracy']:.3f} | {margin} | {len(ev['flags'])} |")
+                     f" | {ev['average_robust_accuracy']:.3f} | {ev.get('avg_acc', float('nan')):.3f} | {margin} | "
+                     f"{len(ev['flags'])} |")
         e = sorted(ra)
         (line,) = ax.plot(e, [ra[v] for v in e], "o-", label=f"{name} ({ev['norm']})")
         if "certified" in ev:
             ca = {float(k): v for k, v in ev["certified"]["accuracy"].items()}
             cells = [f"{ca[g]:.3f}" if g in ca else "–" for g in grid]
-            avg = sum(ca.values()) / max(len(ca), 1)
+            kept = [float(e) for e in ev.get("averaged_eps", list(ca)) if float(e) in ca]
+            avg = sum(ca[e] for e in kept) / max(len(kept), 1)
             cmargin = f"{ev['certified']['mean']:.3f}"
             lines.append(f"| {name} · certified | {ev['norm']} | {ev['certified']['method']} | – | " + " | ".join(cells)
-                         + f" | {avg:.3f} | {cmargin} | – |")
+                         + f" | {avg:.3f} | – | {cmargin} | – |")
             c = sorted(ca)
             ax.plot(c, [ca[v] for v in c], "s:", color=line.get_color(), label=f"{name} certified")
     ax.set_xlabel("ε")

@@ -55,8 +55,20 @@ class Validation:
     margin: float
 
 
+def check_world(cfg: Config, world: int) -> None:
+    """Every process takes an equal share of the global batch."""
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes "
+                        f"(torchrun --nproc_per_node); use --set batch_size={cfg.batch_size - cfg.batch_size % world}")
+
+
 def validate(model: nn.Module, cfg: Config, split: Split, rank: int = 0, world: int = 1) -> Validation:
     """Clean accuracy, PGD accuracy and average AN-PGD margin (misclassified count 0) on ``split``.
+
+    The margin: PGD on ``margin_attack_loss`` at ``margin_eps_init``, then a
+    bisection on the logit margin up to ``margin_eps_max`` along its direction
+    (the MMA presets follow the official trainer: SLM, the validation ε,
+    1.05·d_max).
 
     With several ranks each takes every ``world``-th example and the sums are reduced.
     """
@@ -66,6 +78,8 @@ def validate(model: nn.Module, cfg: Config, split: Split, rank: int = 0, world: 
     margin_sum = 0.0
     was_training = model.training
     model.eval()
+    margin_start = cfg.margin_eps_max / 2 if cfg.margin_eps_init is None else min(cfg.margin_eps_init,
+                                                                                   cfg.margin_eps_max)
     for start in range(0, mine.numel(), cfg.eval_batch_size):
         sl = mine[start:start + cfg.eval_batch_size]
         x, y = split.images(sl), split.y[sl]
@@ -76,8 +90,9 @@ def validate(model: nn.Module, cfg: Config, split: Split, rank: int = 0, world: 
                     step_size=cfg.val_pgd_step)
         with torch.no_grad():
             robust += int((model(x_adv).argmax(1) == y).sum())
-        r = anpgd_search(model, x, y, cfg.norm, eps_init=cfg.margin_eps_max / 2, eps_max=cfg.margin_eps_max,
-                         steps=cfg.margin_steps, search_steps=10, criterion="lm", clean_logits=logits)
+        r = anpgd_search(model, x, y, cfg.norm, eps_init=margin_start, eps_max=cfg.margin_eps_max,
+                         steps=cfg.margin_steps, search_steps=10, criterion="lm", clean_logits=logits,
+                         attack_loss=cfg.margin_attack_loss)
         margin_sum += float(torch.where(r.found, r.eps, torch.full_like(r.eps, cfg.margin_eps_max)).sum())
     model.train(was_training)
     sums = all_reduce(torch.tensor([correct, robust, margin_sum], dtype=torch.float64, device=split.y.device))
@@ -141,8 +156,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     ckpt = prepare_run(cfg, out, resume)
     dist_info, device = init_distributed(cfg.device)
     rank, world = dist_info.rank, dist_info.world
-    if cfg.batch_size % world:
-        raise UserError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    check_world(cfg, world)
     seed_everything(cfg.seed)
     ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.val_size, device)
     arch = arch_of(cfg, ds.shape, ds.num_classes)

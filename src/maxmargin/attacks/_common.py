@@ -63,3 +63,17 @@ def check_count(value: int, what: str, minimum: int) -> int:
 def sanitize(g: Tensor) -> Tensor:
     """Non-finite gradients become 0 so a broken model cannot push the output out of the box."""
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def input_grad(out: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+    """``∂out/∂x`` with non-finite entries zeroed; zeros where ``out`` does not depend on ``x``.
+
+    A model that binarizes, detaches or ignores its input (a classic gradient-
+    masking defense, or a constant) gives no input gradient at all; such a
+    model must be evaluated, not crash: gradient attacks simply find nothing
+    and the evaluation's dead-gradient check says so.
+    """
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out, x, allow_unused=True, create_graph=create_graph)
+    return torch.zeros_like(x) if g is None else sanitize(g)

@@ -148,12 +148,15 @@ def anpgd_search(
     criterion: str = "slm",
     search: str = "bisect",
     clean_logits: Tensor | None = None,
+    attack_loss: str | None = None,
 ) -> ANPGDResult:
     """AN-PGD with the full per-example outcome; :func:`anpgd` is the public short form.
 
     ``criterion`` is the loss whose zero crossing is searched: ``"slm"`` (the
     paper, for training) or ``"lm"`` (the true decision boundary, for margin
-    estimation). Examples at or past the crossing at ``x`` are not attacked,
+    estimation). The PGD ascends ``attack_loss`` (default: the criterion);
+    the official trainer's validation margin runs PGD on SLM and bisects on
+    LM. Examples at or past the crossing at ``x`` are not attacked,
     nor are those with ``eps_max = 0``; ``eps_init`` is capped at ``eps_max``
     so every output lies inside the ``eps_max`` ball.
 
@@ -166,6 +169,7 @@ def anpgd_search(
     x, y, lo_box, hi_box = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
     crit = get_loss(criterion)
+    pgd_loss = crit if attack_loss is None else get_loss(attack_loss)
     e0 = per_example(eps_init, x, "eps_init")
     emax = per_example(eps_max, x, "eps_max")
     check_count(steps, "steps", 0)
@@ -195,7 +199,7 @@ def anpgd_search(
             raise ValueError("eps_init must be > 0 for examples that are attacked")
         step = 2.5 * e0s / max(steps, 1) if step_size is None else per_example(step_size, x, "step_size")[idx]
 
-        xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, crit, random_init, lo_box, hi_box)
+        xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
         u = (xa - xs) / bcast(e0s, xs)
 
         f0 = c0[idx]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..losses import cross_entropy
 from ..norms import bcast, get_norm, per_example
-from ._common import Bounds, check_count, check_inputs, check_labels, frozen, sanitize
+from ._common import Bounds, check_count, check_inputs, check_labels, frozen, input_grad
 
 
 @dataclass
@@ -48,7 +48,7 @@ def ddn_search(model: nn.Module, x: Tensor, y: Tensor, steps: int = 100, gamma: 
             logits = model(x_adv)
             if k == 0:
                 check_labels(logits, y)
-            (g,) = torch.autograd.grad(cross_entropy(logits, y).sum(), delta)
+            g = input_grad(cross_entropy(logits, y).sum(), delta)
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 norm = l2.measure(x_adv - x)
@@ -57,7 +57,7 @@ def ddn_search(model: nn.Module, x: Tensor, y: Tensor, steps: int = 100, gamma: 
                 best[better] = x_adv[better]
                 best_norm = torch.where(better, norm, best_norm)
                 step = alpha_min + (alpha - alpha_min) * (1 + math.cos(math.pi * k / steps)) / 2
-                d = delta.detach() + bcast(step * eps, x) * l2.direction(sanitize(g))
+                d = delta.detach() + bcast(step * eps, x) * l2.direction(g)
                 eps = torch.where(adv, eps * (1 - gamma), eps * (1 + gamma))
                 d = l2.direction(d) * bcast(eps, x)
                 delta = torch.clamp(x + d, lo, hi) - x

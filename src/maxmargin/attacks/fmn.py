@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..losses import LossFn, logit_margin
 from ..norms import Norm, bcast
-from ._common import sanitize
+from ._common import input_grad
 
 
 def _cosine(k: int, steps: int, start: float, end: float) -> float:
@@ -49,8 +49,7 @@ def fmn_search(model: nn.Module, x: Tensor, y: Tensor, nrm: Norm, loss_fn: LossF
             best_delta = torch.where(bcast(better, x), delta, best_delta)
         if k == steps:
             break
-        (g,) = torch.autograd.grad(loss_fn(logits, y).sum(), xa)
-        g = sanitize(g)
+        g = input_grad(loss_fn(logits, y).sum(), xa)
         with torch.no_grad():
             gam = _cosine(k, steps, gamma, gamma / 100)
             never = torch.isinf(best)

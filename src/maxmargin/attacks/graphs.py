@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..losses import LossFn
 from ..norms import Norm, bcast
-from ._common import check_labels, sanitize
+from ._common import check_labels, input_grad
 
 _state = {"enabled": False}
 _graphs: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
@@ -82,8 +82,8 @@ def pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, 
         logits = model(x_adv)
         if k == 0 and first_logits is not None:
             first_logits(logits)
-        (g,) = torch.autograd.grad(loss_fn(logits, y).sum(), x_adv)
-        delta = x_adv.detach() + step * norm.direction(sanitize(g)) - x
+        g = input_grad(loss_fn(logits, y).sum(), x_adv)
+        delta = x_adv.detach() + step * norm.direction(g) - x
         x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
     return x_adv.detach()
 

@@ -62,6 +62,9 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 def _read(name: str, root: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int]:
     if name == "digits":
+        if root is not None:   # silently training on the bundled digits instead would be worse
+            raise UserError(f"dataset 'digits' is bundled and reads no folder, but --data {root} was given; "
+                            "to read the IDX files there, add --set dataset=mnist (or dataset=fashion-mnist)")
         train, test = _digits()
         return train, test, 10
     if name in ("mnist", "fashion-mnist"):

@@ -16,7 +16,7 @@ def build_method(cfg, num_examples: int, device) -> Method:
     if cfg.method == "standard":
         return Standard()
     if cfg.method == "pgd":
-        return PGDAT(cfg.norm, cfg.eps, steps=cfg.attack_steps, ls_steps=cfg.pgdls_steps)
+        return PGDAT(cfg.norm, cfg.eps, steps=cfg.attack_steps, ls_steps=cfg.pgdls_steps, attack_loss=cfg.attack_loss)
     if cfg.method == "mma":
         return MMA(cfg.norm, cfg.d_max, cfg.eps_min, cfg.attack_steps, num_examples,
                    clean_weight=cfg.clean_weight, search_steps=cfg.search_steps, eps_inc=cfg.eps_inc,

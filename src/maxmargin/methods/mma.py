@@ -27,6 +27,11 @@ class MMA(Method):
     ``search="secant"`` the cheaper line search. ``inner="ddn"`` (L2 only)
     replaces AN-PGD by DDN started at the remembered radius: any attack that
     approximates the shortest successful perturbation fits MMA.
+
+    As in the official trainer, the bracketed term comes from one train-mode
+    forward over the mixed batch (the adversarial point for every correct
+    example, hinge-dropped or not, the clean point for the others), masked:
+    with BatchNorm its batch statistics are those of all ``B`` points.
     """
 
     name = "mma"
@@ -79,9 +84,9 @@ class MMA(Method):
         correct = soft_logit_margin(logits.detach(), y) < 0
         cidx = correct.nonzero().squeeze(1)
 
-        adv_sum = ce_clean[~correct].sum()
         new_eps = torch.zeros(b, device=x.device)
-        n_adv = 0
+        counted = ~correct                                # rows of the mixed batch that enter the loss
+        x_mix = x
         if cidx.numel():
             start = torch.clamp(self.eps[index[cidx]], min=self.eps_min)
             if self.inner == "ddn":
@@ -95,10 +100,11 @@ class MMA(Method):
                                  clean_logits=logits[cidx].detach())
                 x_adv, eps, found = r.x_adv, r.eps, r.found
             new_eps[cidx] = eps
-            use = found & (eps < self.d_max)
-            n_adv = int(use.sum())
-            if n_adv:
-                adv_sum = adv_sum + F.cross_entropy(model(x_adv[use]), y[cidx][use], reduction="sum")
+            x_mix = x.index_put((cidx,), x_adv.to(x.dtype))
+            counted = counted.index_put((cidx,), found & (eps < self.d_max))
+        ce_mix = F.cross_entropy(model(x_mix), y, reduction="none")
+        adv_sum = torch.where(counted, ce_mix, torch.zeros_like(ce_mix)).sum()
+        n_adv = int((counted & correct).sum())
         self.eps[index] = new_eps
         self.updated[index] = self.step
         c = self.clean_weight

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ..attacks import pgd
 from ..distributed import unwrap
+from ..losses import get_loss
 from .base import Method
 
 
@@ -13,17 +14,21 @@ class PGDAT(Method):
     """Cross-entropy at a PGD point of radius ``eps`` (random start, step ``2.5·ε/steps``).
 
     ``ls_steps > 0`` is PGDLS: the radius grows linearly from 0 to ``eps`` over
-    the first ``ls_steps`` training steps.
+    the first ``ls_steps`` training steps. ``attack_loss`` is what the inner PGD
+    ascends: ``"ce"`` (Madry et al.), or ``"slm"`` as the MMA paper's appendix
+    trains its PGD baselines.
     """
 
     name = "pgd"
 
     def __init__(self, norm: str, eps: float, steps: int = 40, ls_steps: int = 0,
-                 step_size: float | None = None) -> None:
+                 step_size: float | None = None, attack_loss: str = "ce") -> None:
         super().__init__()
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        get_loss(attack_loss)    # a ValueError naming the allowed losses
         self.norm, self.eps, self.steps, self.ls_steps, self.step_size = norm, eps, steps, ls_steps, step_size
+        self.attack_loss = attack_loss
 
     def current_eps(self) -> float:
         if self.ls_steps <= 0:
@@ -33,7 +38,8 @@ class PGDAT(Method):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
         eps = self.current_eps()
         step = None if self.step_size is None else self.step_size * eps / self.eps
-        x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step)
+        x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step,
+                    loss=self.attack_loss)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks._common import frozen, sanitize
+from ..attacks._common import frozen, input_grad
 from ..distributed import unwrap
 from ..norms import bcast, get_norm, per_example
 from .base import Method
@@ -32,8 +32,8 @@ def kl_pgd(model: nn.Module, x: Tensor, norm: str, eps: float, steps: int, step_
         x_adv = torch.clamp(x + nrm.project(start_std * torch.randn_like(x), e), lo, hi)
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            (g,) = torch.autograd.grad(kl_divergence(target, model(x_adv)).sum(), x_adv)
-            d = x_adv.detach() + step * nrm.direction(sanitize(g)) - x
+            g = input_grad(kl_divergence(target, model(x_adv)).sum(), x_adv)
+            d = x_adv.detach() + step * nrm.direction(g) - x
             x_adv = torch.clamp(x + nrm.project(d, e), lo, hi)
     return x_adv.detach()
 
