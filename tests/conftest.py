@@ -166,3 +166,22 @@ def _ray_margins(net: nn.Module, x: Tensor, y: Tensor, norm: str, rays: int, rad
                 hi, lo = torch.where(a, mid, hi), torch.where(a, lo, mid)
             out.append(float(hi.min()))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def train_digits_cnn(steps: int = 300):
+    """A SmallCNN trained briefly with Adam on the bundled digits (eval mode), and the dataset."""
+    from maxmargin.data import load_dataset
+    from maxmargin.models import SmallCNN
+
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(ds.train), (64,), generator=g)
+        loss = nn.functional.cross_entropy(model(ds.train.images(idx)), ds.train.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), ds

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _advlib  # noqa: E402
 
-from maxmargin.data import load_dataset  # noqa: E402
 from maxmargin.margin import estimate_margin  # noqa: E402
-from maxmargin.models import SmallCNN  # noqa: E402
+
+from conftest import train_digits_cnn  # noqa: E402
 
 ATTACKS = _advlib.load()
 pytestmark = pytest.mark.skipif(ATTACKS is None, reason="adv-lib not installed (pip install --no-deps adv-lib==0.2.8)")
@@ -24,18 +23,7 @@ pytestmark = pytest.mark.skipif(ATTACKS is None, reason="adv-lib not installed (
 
 @pytest.fixture(scope="module")
 def digits_cnn():
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, len(ds.train), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(ds.train.images(idx)), ds.train.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, ds = train_digits_cnn(150)
     x, y = ds.test.images(slice(0, 80)), ds.test.y[:80]
     with torch.no_grad():
         ok = model(x).argmax(1) == y

@@ -9,11 +9,9 @@ from torch import nn
 
 import maxmargin.evaluate as ev
 from maxmargin.cli import main
-from maxmargin.data import load_dataset
 from maxmargin.evaluate import AttackSpec, evaluate
-from maxmargin.models import SmallCNN
 
-from conftest import linear_problem, tiny_preset
+from conftest import linear_problem, tiny_preset, train_digits_cnn
 
 WIDE = (-100.0, 100.0)
 
@@ -101,18 +99,7 @@ class Rounded(nn.Module):
 
 @pytest.fixture(scope="module")
 def trained_small_cnn():
-    torch.manual_seed(0)
-    ds = load_dataset("digits")
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        idx = torch.randint(0, len(ds.train), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(ds.train.images(idx)), ds.train.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, ds = train_digits_cnn(300)
     return model, ds.test.images(slice(0, 100)), ds.test.y[:100]
 
 
