@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
-from maxmargin.config import load_preset  # noqa: E402
+from maxmargin.config import from_dict, load_preset, parse_value  # noqa: E402
 from maxmargin.methods import build_method  # noqa: E402
 from maxmargin.models import build_model  # noqa: E402
 from maxmargin.models.fast import apply_fast_paths  # noqa: E402
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--cuda-graphs", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset key, as in maxmargin train (e.g. search=bisect)")
     ap.add_argument("--out", default="benchmarks/presets.json")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -50,6 +52,9 @@ def main() -> None:
     set_cuda_graphs(args.cuda_graphs and dev.type == "cuda")
     for name in args.presets:
         cfg = load_preset(name)
+        if args.set:
+            pairs = [kv.split("=", 1) for kv in args.set]
+            cfg = from_dict({k: parse_value(k, v) for k, v in pairs}, base=cfg)
         c, side = SHAPES[cfg.dataset]
         torch.manual_seed(0)
         core = build_model(cfg.model, c, 10, side).to(dev)
@@ -79,11 +84,11 @@ def main() -> None:
         row = {"preset": name, "batch": cfg.batch_size, "seconds_per_step": sec, "steps_per_second": 1 / sec,
                "paper_steps": cfg.steps, "projected_hours": cfg.steps * sec / 3600, "amp": args.amp,
                "channels_last": args.channels_last, "compile": args.compile,
-               "cuda_graphs": args.cuda_graphs}
+               "cuda_graphs": args.cuda_graphs, "search": getattr(cfg, "search", None)}
         if dev.type == "cuda":
             row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rows.append(row)
-        print(f"{name}: {1 / sec:.2f} steps/s, full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
+        print(f"{name} ({' '.join(args.set) or 'as preset'}): {1 / sec:.2f} steps/s, full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
     write_json(args.out, {"benchmark": "presets", **device_info(dev), "results": rows})
 
 

@@ -28,8 +28,10 @@ VAL = {  # validation PGD (eps, step) and the cap of the validation margin estim
 EPOCH = {"mnist": (60_000 - 5000) // 50, "cifar10": -(-(50_000 - 5000) // 128)}
 # AN-PGD's line search per model: the faster one at equal resolution, and why
 SEARCH = {
-    "mnist": ("secant", "search = secant: faster than bisect on LeNet5 at the same resolution, measured side by side\n"
-                        "(ms per MMA step, 2-core CPU: K=10 batch 50 286 vs 297, batch 128 641 vs 686; K=40 769 vs 787)"),
+    "mnist": ("bisect", "search = bisect: faster on the GPUs these presets are sized for. LeNet5, ms per MMA step\n"
+                        "at batch 50, bisect vs secant: H100 eager K=10 32.6 vs 43.9, K=40 63.6 vs 72.2; CUDA graphs\n"
+                        "K=40 23.9 vs 40.9 (the secant's shrinking subsets are one launch-bound pass each). On a\n"
+                        "2-core CPU the secant is ~5 % faster (K=10 327 vs 346): set search = \"secant\" there"),
     "cifar10": ("bisect", "search = bisect (the paper's): secant not yet measured on WRN-28-4 (a GPU-scale model)"),
     "quick": ("bisect", "search = bisect: on the tiny quick CNN the secant's subset passes cost more than they save\n"
                         "(600 MMA steps: 93 s with secant, 71 s with bisect)"),

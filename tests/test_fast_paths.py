@@ -44,7 +44,9 @@ def test_fast_paths_are_ignored_on_cpu_with_a_notice():
 
 
 def test_train_accepts_fast_path_options_on_cpu(tmp_path, capsys):
-    assert main(["train", "--preset", "quick-standard", "--out", str(tmp_path / "r"), "--set", "amp=bf16",
+    # --device cpu: on a GPU machine train would pick cuda, where the options do apply
+    assert main(["train", "--preset", "quick-standard", "--out", str(tmp_path / "r"), "--device", "cpu",
+                 "--set", "amp=bf16",
                  "--set", "channels_last=true", "--set", "compile=true", "--set", "steps=2", "--set",
                  "eval_every=2", "--set", "eval_size=10", "--set", "val_pgd_steps=1", "--set", "margin_steps=1",
                  "--quiet"]) == 0
