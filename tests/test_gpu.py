@@ -61,6 +61,27 @@ def test_graph_replay_equals_eager_loop(deterministic, norm, eps, batch):
     assert not torch.equal(eager, x)
 
 
+@pytest.mark.parametrize("norm,eps_max", [("linf", 0.4), ("l2", 3.0)])
+def test_anpgd_bisection_replays_as_one_graph_equal_to_eager(deterministic, norm, eps_max):
+    model, x, _ = _setup(21)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        last.weight.mul_(1000.0)
+        last.bias.mul_(1000.0)
+    kw = dict(norm=norm, eps_init=eps_max / 4, eps_max=eps_max, steps=5, search_steps=8)
+    torch.manual_seed(0)
+    eager = anpgd(model, x, y, **kw)
+    with cuda_graphs():
+        for _ in range(2):
+            torch.manual_seed(0)
+            replayed = anpgd(model, x, y, **kw)
+            assert torch.allclose(replayed[0], eager[0], atol=1e-9) and torch.allclose(replayed[1], eager[1], atol=1e-9)
+    entry = graphs._graphs[model]
+    assert not entry["broken"] and [k[0][0] for k in entry["graphs"]] == ["anpgd-bisect"]
+    assert bool((eager[1] > 0).all())
+
+
 def test_replay_follows_in_place_weight_updates_and_moved_parameters(deterministic):
     model, x, y = _setup(12)
 

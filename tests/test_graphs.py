@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from maxmargin.attacks import anpgd, graphs, pgd
+from maxmargin.losses import soft_logit_margin
 from maxmargin.norms import get_norm
 
 from conftest import make_data, make_model
@@ -28,7 +29,8 @@ class Emulated(graphs._Graphed):
         self.out = self._run()
 
     def replay(self):
-        self.out.copy_(self._run())
+        for buf, new in zip(self.out, self._run()):
+            buf.copy_(new)
 
 
 @pytest.fixture
@@ -47,6 +49,18 @@ def _setup(batch):
     return model, x.double(), y
 
 
+def _confident(batch):
+    """A model whose own (sharpened) predictions are the labels: SLM < 0 everywhere, so AN-PGD attacks all."""
+    model, x, _ = _setup(batch)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        last.weight.mul_(1000.0)
+        last.bias.mul_(1000.0)
+        assert bool((soft_logit_margin(model(x), y) < 0).all())
+    return model, x, y
+
+
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_padded_replay_equals_the_eager_loop(emulated, norm, eps):
     model, x, y = _setup(21)
@@ -62,7 +76,7 @@ def test_padded_replay_equals_the_eager_loop(emulated, norm, eps):
 
 
 def test_per_example_eps_and_anpgd_go_through_the_replay(emulated):
-    model, x, y = _setup(11)
+    model, x, y = _confident(11)
     eps = torch.linspace(0.0, 0.2, 11, dtype=torch.float64)
     torch.manual_seed(0)
     eager = pgd(model, x, y, eps=eps, steps=5)
@@ -74,6 +88,35 @@ def test_per_example_eps_and_anpgd_go_through_the_replay(emulated):
     assert torch.allclose(replayed, eager, atol=1e-9)
     assert bool((get_norm("linf").measure(replayed - x) <= eps + 1e-12).all())
     assert torch.allclose(an_replayed[1], an_eager[1], atol=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_anpgd_bisection_is_captured_with_its_pgd_as_one_graph_and_equals_eager(emulated, norm):
+    model, x, y = _confident(11)
+    e0 = torch.linspace(0.02, 0.3, 11, dtype=torch.float64)
+    kw = dict(norm=norm, eps_init=e0, eps_max=0.4 if norm == "linf" else 3.0, steps=5, search_steps=6)
+    torch.manual_seed(0)
+    eager = anpgd(model, x, y, **kw)
+    assert bool((eager[1] > 0).all())
+    with graphs.cuda_graphs():
+        for _ in range(2):   # capture, then replay
+            torch.manual_seed(0)
+            replayed = anpgd(model, x, y, **kw)
+            assert torch.allclose(replayed[0], eager[0], atol=1e-9) and torch.allclose(replayed[1], eager[1], atol=1e-9)
+    tags = [key[0][0] for key in graphs._graphs[model]["graphs"]]
+    assert tags == ["anpgd-bisect"] and Emulated.captures == 1, "PGD and the bisection must be one graph"
+
+
+def test_secant_search_keeps_its_eager_subsets_around_a_graphed_pgd(emulated):
+    model, x, y = _confident(9)
+    kw = dict(eps_init=0.05, eps_max=0.4, steps=4, search_steps=6, search="secant")
+    torch.manual_seed(0)
+    eager = anpgd(model, x, y, **kw)
+    with graphs.cuda_graphs():
+        torch.manual_seed(0)
+        replayed = anpgd(model, x, y, **kw)
+    assert torch.allclose(replayed[1], eager[1], atol=1e-9)
+    assert [key[0][0] for key in graphs._graphs[model]["graphs"]] == ["pgd"]
 
 
 def test_cache_follows_weight_updates_and_recaptures_when_parameters_move(emulated):

@@ -21,8 +21,10 @@ from torch import Tensor, nn
 
 from ..losses import LossFn, get_loss
 from ..norms import Norm, bcast, get_norm, per_example
+from . import graphs
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen
-from .pgd import pgd_steps
+from .graphs import pgd_loop
+from .pgd import pgd_start, pgd_steps
 
 
 @dataclass
@@ -199,50 +201,17 @@ def anpgd_search(
             raise ValueError("eps_init must be > 0 for examples that are attacked")
         step = 2.5 * e0s / max(steps, 1) if step_size is None else per_example(step_size, x, "step_size")[idx]
 
-        xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
-        u = (xa - xs) / bcast(e0s, xs)
-
-        f0 = c0[idx]
         if eps_inc is None and search == "bisect":
-            lo, hi = torch.zeros_like(e0s), emaxs
-            known = torch.zeros_like(e0s, dtype=torch.bool)
+            # the paper's form: a fixed-shape PGD + bisection, one CUDA graph when graphs are on
+            body = _pgd_then_bisect(model, nrm, pgd_loss, crit, box, search_steps)
+            args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs)
+            first = lambda t: check_labels(t, ys)   # noqa: E731
+            tag = ("anpgd-bisect", nrm.name, pgd_loss, crit, box, search_steps)
+            xa, eta, found = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
+                              else body(list(args), steps, first))
         else:
-            with torch.no_grad():
-                f_e0 = crit(model(xa), ys)
-            hit = f_e0 >= 0
-            top = emaxs if eps_inc is None else torch.minimum(e0s + float(eps_inc), emaxs)
-            lo = torch.where(hit, torch.zeros_like(e0s), e0s)
-            hi = torch.where(hit, e0s, top)
-            known = hit
-        if search == "bisect":
-            eta, found = line_search(model, xs, ys, u, lo, hi, known, crit, search_steps, box)
-        else:
-            f_lo = torch.where(hit, f0, f_e0)
-            f_hi = f_e0.clone()
-            miss = (~hit).nonzero().squeeze(1)
-            if miss.numel():
-                # Where PGD failed, probe 10 % past the root of the line through (0, f(0)) and
-                # (eps_init, f(eps_init)): SLM is close to convex along the ray, so the probe is
-                # usually adversarial and closes a tight bracket at once.
-                slope = (f_e0[miss] - f0[miss]) / e0s[miss]
-                root = e0s[miss] - f_e0[miss] / slope.clamp_min(1e-12)
-                probe = torch.where(slope > 0, 1.1 * root, hi[miss])
-                probe = torch.minimum(torch.maximum(probe, e0s[miss]), hi[miss])
-                with torch.no_grad():
-                    f_p = _at(model, xs[miss], ys[miss], u[miss], probe, crit, box)
-                past = f_p >= 0
-                lo[miss] = torch.where(past, lo[miss], probe)
-                f_lo[miss] = torch.where(past, f_lo[miss], f_p)
-                f_hi[miss] = f_p
-                short = miss[~past & (probe < hi[miss])]
-                hi[miss] = torch.where(past, probe, hi[miss])
-                if short.numel():
-                    with torch.no_grad():
-                        f_hi[short] = _at(model, xs[short], ys[short], u[short], hi[short], crit, box)
-            span = emaxs if eps_inc is None else hi - lo
-            eta, found, _ = secant_search(model, xs, ys, u, lo, hi, f_lo, f_hi, crit,
-                                          span / 2 ** search_steps, box, 2 * search_steps)
-        xa = torch.clamp(xs + bcast(eta, xs) * u, *box)
+            xa, eta, found = _pgd_then_secant(model, xs, ys, c0[idx], nrm, e0s, emaxs, steps, step, pgd_loss,
+                                              crit, random_init, box, eps_inc, search, search_steps)
 
         if refine:
             step2 = 2.5 * eta / max(steps, 1)
@@ -252,6 +221,65 @@ def anpgd_search(
         eps_out[idx] = nrm.measure(xa - xs)
         found_out[idx] = found
     return ANPGDResult(x_adv, eps_out, found_out, clean_logits)
+
+
+def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float],
+                     search_steps: int):
+    """PGD at ``eps_init`` then the bisection on ``[0, eps_max]`` along its direction: no host syncs."""
+    def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor, Tensor]:
+        xs, ys, x0, e0s, step, emaxs = b
+        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first)
+        u = (xa - xs) / bcast(e0s, xs)
+        eta, found = line_search(model, xs, ys, u, torch.zeros_like(e0s), emaxs,
+                                 torch.zeros_like(e0s, dtype=torch.bool), crit, search_steps, box)
+        return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
+    return body
+
+
+def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor, emaxs: Tensor,
+                     steps: int, step: Tensor, pgd_loss: LossFn, crit: LossFn, random_init: bool,
+                     box: tuple[float, float], eps_inc: float | None, search: str,
+                     search_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """PGD, then the preprint's bracket (bisected) or the secant search; eager only (data-dependent shapes)."""
+    lo_box, hi_box = box
+    xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
+    u = (xa - xs) / bcast(e0s, xs)
+    with torch.no_grad():
+        f_e0 = crit(model(xa), ys)
+    hit = f_e0 >= 0
+    top = emaxs if eps_inc is None else torch.minimum(e0s + float(eps_inc), emaxs)
+    lo = torch.where(hit, torch.zeros_like(e0s), e0s)
+    hi = torch.where(hit, e0s, top)
+    known = hit
+    if search == "bisect":
+        eta, found = line_search(model, xs, ys, u, lo, hi, known, crit, search_steps, box)
+    else:
+        f_lo = torch.where(hit, f0, f_e0)
+        f_hi = f_e0.clone()
+        miss = (~hit).nonzero().squeeze(1)
+        if miss.numel():
+            # Where PGD failed, probe 10 % past the root of the line through (0, f(0)) and
+            # (eps_init, f(eps_init)): SLM is close to convex along the ray, so the probe is
+            # usually adversarial and closes a tight bracket at once.
+            slope = (f_e0[miss] - f0[miss]) / e0s[miss]
+            root = e0s[miss] - f_e0[miss] / slope.clamp_min(1e-12)
+            probe = torch.where(slope > 0, 1.1 * root, hi[miss])
+            probe = torch.minimum(torch.maximum(probe, e0s[miss]), hi[miss])
+            with torch.no_grad():
+                f_p = _at(model, xs[miss], ys[miss], u[miss], probe, crit, box)
+            past = f_p >= 0
+            lo[miss] = torch.where(past, lo[miss], probe)
+            f_lo[miss] = torch.where(past, f_lo[miss], f_p)
+            f_hi[miss] = f_p
+            short = miss[~past & (probe < hi[miss])]
+            hi[miss] = torch.where(past, probe, hi[miss])
+            if short.numel():
+                with torch.no_grad():
+                    f_hi[short] = _at(model, xs[short], ys[short], u[short], hi[short], crit, box)
+        span = emaxs if eps_inc is None else hi - lo
+        eta, found, _ = secant_search(model, xs, ys, u, lo, hi, f_lo, f_hi, crit,
+                                      span / 2 ** search_steps, box, 2 * search_steps)
+    return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
 
 
 def anpgd(

@@ -1,9 +1,12 @@
-"""CUDA-graph replay of the PGD loop.
+"""CUDA-graph replay of the PGD loop, and of AN-PGD's PGD + bisection.
 
 On a small model (LeNet5 at batch 50) a PGD step is a few dozen tiny
 kernels, and on a GPU the time goes into Python and kernel launches, not
 arithmetic. Capturing the whole K-step loop once and replaying it launches
-it as one graph. The arithmetic is the eager loop's, kernel for kernel.
+it as one graph. The arithmetic is the eager loop's, kernel for kernel: both
+paths call the same function. AN-PGD in the paper's form (PGD, then the
+bisection along its direction: fixed shapes, no host syncs) is captured as
+one graph the same way; the secant search's shrinking subsets stay eager.
 
 Rules that keep a replay correct:
 
@@ -88,32 +91,33 @@ def pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, 
     return x_adv.detach()
 
 
-class _Graphed:
-    """One captured loop for inputs of ``size`` rows; inputs are copied into its static buffers."""
+Body = Callable[[list[Tensor], int, "Callable[[Tensor], None] | None"], tuple[Tensor, ...]]
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, norm: Norm, steps: int, loss_fn: LossFn,
-                 lo: float, hi: float, size: int) -> None:
-        shape = (size, *x.shape[1:])
-        self.x = x[:1].expand(shape).clone()
-        self.x0 = self.x.clone()
-        self.y = y[:1].expand(size).clone()
-        self.eps = torch.ones(size, dtype=x.dtype, device=x.device)
-        self.step = torch.zeros(size, dtype=x.dtype, device=x.device)
+
+class _Graphed:
+    """One captured ``body`` for inputs of ``size`` rows; inputs are copied into its static buffers.
+
+    ``body(buffers, steps, first_logits)`` runs on the buffers (``buffers[1]``
+    holds the labels) and returns a tuple of tensors with one row per input row.
+    """
+
+    def __init__(self, body: Body, inputs: tuple[Tensor, ...], steps: int, size: int) -> None:
+        self.bufs = [t[:1].expand(size, *t.shape[1:]).clone() for t in inputs]
         self.classes = 0
+        labels = inputs[1]
 
         def seen(logits: Tensor) -> None:
             self.classes = logits.shape[1]
-            check_labels(logits, y)
+            check_labels(logits, labels)
 
-        def run(k: int, first: Callable[[Tensor], None] | None = None) -> Tensor:
-            return pgd_loop(model, self.x, self.y, self.x0.clone(), norm, self.eps, k, self.step, loss_fn, lo, hi,
-                            first)
+        def run(k: int, first: Callable[[Tensor], None] | None = None) -> tuple[Tensor, ...]:
+            return body(self.bufs, k, first)
 
         self.capture(run, seen, steps)
 
-    def capture(self, run: Callable[..., Tensor], seen: Callable[[Tensor], None], steps: int) -> None:
+    def capture(self, run: Callable[..., tuple[Tensor, ...]], seen: Callable[[Tensor], None], steps: int) -> None:
         """Warm up (cuDNN/cuBLAS choose kernels and workspaces), then capture ``run(steps)`` into a graph."""
-        device = self.x.device
+        device = self.bufs[0].device
         side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -127,17 +131,17 @@ class _Graphed:
     def replay(self) -> None:
         self.graph.replay()
 
-    def __call__(self, x: Tensor, y: Tensor, x0: Tensor, eps: Tensor, step: Tensor) -> Tensor:
-        n, size = x.shape[0], self.x.shape[0]
-        check_labels(torch.empty(0, self.classes), y)
-        rows = None if n == size else torch.arange(size, device=x.device).clamp_(max=n - 1)
-        for buf, src in ((self.x, x), (self.x0, x0), (self.y, y), (self.eps, eps), (self.step, step)):
+    def __call__(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        n, size = inputs[0].shape[0], self.bufs[0].shape[0]
+        check_labels(torch.empty(0, self.classes), inputs[1])
+        rows = None if n == size else torch.arange(size, device=inputs[0].device).clamp_(max=n - 1)
+        for buf, src in zip(self.bufs, inputs):
             if rows is None:
                 buf.copy_(src)
             else:   # gather straight into the static buffer: one kernel, no temporary
                 torch.index_select(src, 0, rows, out=buf)
         self.replay()
-        return self.out[:n].clone()
+        return tuple(o[:n].clone() for o in self.out)
 
 
 def _signature(model: nn.Module) -> tuple:
@@ -147,26 +151,43 @@ def _signature(model: nn.Module) -> tuple:
     return tensors, amp, tuple(m.training for m in model.modules())
 
 
-def graphed_pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, eps: Tensor,
-                     steps: int, step: Tensor, loss_fn: LossFn, lo: float, hi: float,
-                     first_logits: Callable[[Tensor], None] | None = None) -> Tensor:
-    """:func:`pgd_loop` replayed from a CUDA graph captured on first use (``eps``, ``step``: shape ``[B]``)."""
+def graphed(model: nn.Module, tag: tuple, body: Body, inputs: tuple[Tensor, ...], steps: int,
+            first_logits: Callable[[Tensor], None] | None = None) -> tuple[Tensor, ...]:
+    """``body(list(inputs), steps, first_logits)``, replayed from a CUDA graph captured on first use.
+
+    ``tag`` names everything ``body`` closes over besides ``model`` (norm,
+    losses, box, search steps): graphs are cached per model under ``tag``,
+    the padded batch size, the inputs' shapes and dtypes, and ``steps``.
+    ``inputs[0]`` is the batch and ``inputs[1]`` the labels; every input has
+    one row per example. Falls back to the eager call when a capture fails.
+    """
     entry = _graphs.get(model)
     sig = _signature(model)
     if entry is None or entry["signature"] != sig:
         # new model, or its parameters moved: old graphs would read freed memory
         entry = _graphs[model] = {"signature": sig, "graphs": {}, "broken": False}
     if entry["broken"] or steps == 0:
-        return pgd_loop(model, x, y, x_adv, norm, eps, steps, step, loss_fn, lo, hi, first_logits)
-    size = _bucket(x.shape[0])
-    key = (size, tuple(x.shape[1:]), x.dtype, y.dtype, norm.name, steps, loss_fn, lo, hi)
+        return body(list(inputs), steps, first_logits)
+    size = _bucket(inputs[0].shape[0])
+    key = (tag, size, tuple((tuple(t.shape[1:]), t.dtype) for t in inputs), steps)
     g = entry["graphs"].get(key)
     if g is None:
         try:
-            g = entry["graphs"][key] = _Graphed(model, x, y, norm, steps, loss_fn, lo, hi, size)
+            g = entry["graphs"][key] = _Graphed(body, inputs, steps, size)
         except RuntimeError as err:
             entry["broken"] = True
-            warnings.warn(f"CUDA graph capture of the PGD loop failed ({err}); running it eagerly",
-                          stacklevel=3)
-            return pgd_loop(model, x, y, x_adv, norm, eps, steps, step, loss_fn, lo, hi, first_logits)
-    return g(x, y, x_adv.detach(), eps, step)
+            warnings.warn(f"CUDA graph capture failed ({err}); running the attack eagerly", stacklevel=3)
+            return body(list(inputs), steps, first_logits)
+    return g(inputs)
+
+
+def graphed_pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, eps: Tensor,
+                     steps: int, step: Tensor, loss_fn: LossFn, lo: float, hi: float,
+                     first_logits: Callable[[Tensor], None] | None = None) -> Tensor:
+    """:func:`pgd_loop` replayed from a CUDA graph captured on first use (``eps``, ``step``: shape ``[B]``)."""
+    def body(b: list[Tensor], k: int, first: Callable[[Tensor], None] | None = None) -> tuple[Tensor, ...]:
+        xx, yy, x0, e, st = b
+        return (pgd_loop(model, xx, yy, x0.clone(), norm, e, k, st, loss_fn, lo, hi, first),)
+
+    return graphed(model, ("pgd", norm.name, loss_fn, lo, hi), body, (x, y, x_adv.detach(), eps, step), steps,
+                   first_logits)[0]

@@ -30,10 +30,15 @@ def pgd_steps(
     ``.grad`` is never touched and no weight gradients are computed. With
     CUDA graphs switched on (:mod:`.graphs`) the loop is replayed from a graph.
     """
-    delta = norm.random(x, eps) if random_init else torch.zeros_like(x)
-    x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
+    x_adv = pgd_start(x, norm, eps, random_init, lo, hi)
     loop = graphed_pgd_loop if graphs.usable(x) else pgd_loop
     return loop(model, x, y, x_adv, norm, eps, steps, step_size, loss_fn, lo, hi, lambda t: check_labels(t, y))
+
+
+def pgd_start(x: Tensor, norm: Norm, eps: Tensor, random_init: bool, lo: float, hi: float) -> Tensor:
+    """PGD's starting point: uniform in the ball (or ``x``), in the box; drawn outside any CUDA graph."""
+    delta = norm.random(x, eps) if random_init else torch.zeros_like(x)
+    return torch.clamp(x + norm.project(delta, eps), lo, hi)
 
 
 def pgd(
