@@ -5,16 +5,13 @@ Each flag is one sentence: what was seen and what to do about it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .attacks._common import Bounds, frozen, input_grad
 from .losses import cross_entropy
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .evaluate import EvalResult
 
 MONOTONE_SLACK = 0.005      # robust accuracy may wobble by half a point between separate runs
 CHANCE_SLACK = 0.05
@@ -41,10 +38,18 @@ def dead_gradient_share(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
     return dead / max(x.shape[0], 1)
 
 
-def masking_flags(model: nn.Module, x: Tensor, y: Tensor, result: "EvalResult", bounds: Bounds,
-                  batch_size: int = 500) -> list[str]:
+def masking_flags(acc: dict[float, float], attacks: list[dict[str, Any]], norm: str, y: Tensor,
+                  input_shape: tuple[int, ...], bounds: Bounds, margin_cdf: dict[float, float] | None,
+                  dead_share: float) -> list[str]:
+    """Every sign of gradient masking in one evaluation's plain results.
+
+    ``acc``: robust accuracy per ε; ``attacks``: the attack table's rows in
+    the order they ran; ``y``: the labels (for chance); ``margin_cdf``: the
+    accuracy the margins predict, if measured; ``dead_share``: the share of
+    examples without an input gradient (:func:`dead_gradient_share`).
+    """
     flags: list[str] = []
-    grid, acc = result.eps, result.robust_accuracy
+    grid = list(acc)
     hint = "re-run with --protocol autoattack and check the model for gradient masking"
 
     order = sorted(grid)
@@ -54,7 +59,7 @@ def masking_flags(model: nn.Module, x: Tensor, y: Tensor, result: "EvalResult", 
                          f"the attacks are failing, not the model succeeding; {hint}")
             break
 
-    ueps = universal_eps(result.norm, tuple(x.shape[1:]), bounds)
+    ueps = universal_eps(norm, tuple(input_shape), bounds)
     chance = float(torch.bincount(y.cpu()).max()) / max(len(y), 1)
     for e in grid:
         if e >= ueps and acc[e] > chance + CHANCE_SLACK:
@@ -63,30 +68,29 @@ def masking_flags(model: nn.Module, x: Tensor, y: Tensor, result: "EvalResult", 
             break
 
     beaters = {"fgsm": "FGSM", "random-search": "random search", "transfer-pgd": "a transfer attack"}
-    for row in result.attacks:
+    for row in attacks:
         # these run after white-box PGD, so anything they break PGD missed
         if row["attack"] in beaters and row["newly_broken"] > 0:
             src = f" from {row['source']}" if row["attack"] == "transfer-pgd" else ""
             flags.append(f"{beaters[row['attack']]}{src} broke {row['newly_broken']} examples at ε={row['eps']:g} "
                          f"that white-box PGD missed: its gradients do not lead to the adversarial points; {hint}")
             break
-    for row in result.attacks:
+    for row in attacks:
         if row["attack"] == "margin-search" and row["newly_broken"] > CDF_SLACK * len(y):
             flags.append(f"the margin search found adversarial points within ε={row['eps']:g} for "
                          f"{row['newly_broken']} examples all other attacks missed; {hint}")
             break
 
-    cdf = result.margin_cdf_accuracy()
-    if cdf is not None and not any(r["attack"] == "margin-search" for r in result.attacks):
+    cdf = margin_cdf
+    if cdf is not None and not any(r["attack"] == "margin-search" for r in attacks):
         for e in grid:
             if acc[e] > cdf[e] + CDF_SLACK:
                 flags.append(f"robust accuracy {acc[e]:.3f} at ε={e:g} is above what the margins predict "
                              f"({cdf[e]:.3f}): the attacks miss adversarial points the margin search found; {hint}")
                 break
 
-    share = dead_gradient_share(model, x, y, batch_size)
-    if share > DEAD_GRADIENTS:
-        flags.append(f"input gradients are zero or not finite on {share:.0%} of examples: gradient-based attacks "
+    if dead_share > DEAD_GRADIENTS:
+        flags.append(f"input gradients are zero or not finite on {dead_share:.0%} of examples: gradient-based attacks "
                      f"cannot work here (masked or shattered gradients); {hint}")
     return flags
 

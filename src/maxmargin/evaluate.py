@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
-from .diagnostics import certificate_flags, masking_flags, universal_eps
+from .diagnostics import certificate_flags, dead_gradient_share, masking_flags, universal_eps
 from .distributed import all_reduce, gather_shards, rank_world, shard
 from .errors import UserError
 from .margin import margin_search
@@ -326,7 +326,9 @@ def evaluate(
     ueps = universal_eps(norm, tuple(x.shape[1:]), (lo, hi))
     below = [e for e in grid if e < ueps]
     result.reported_eps = below if below and len(below) < len(grid) else None
-    result.flags = masking_flags(model, x, y, result, bounds=(lo, hi), batch_size=batch_size)
+    result.flags = masking_flags(result.robust_accuracy, result.attacks, result.norm, y, tuple(x.shape[1:]),
+                                 (lo, hi), result.margin_cdf_accuracy(),
+                                 dead_gradient_share(model, x, y, batch_size))
     if certified is not None:
         result.flags += certificate_flags(result.robust, result.certified, grid)
     return result
