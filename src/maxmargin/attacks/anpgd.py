@@ -23,8 +23,8 @@ from ..losses import LossFn, get_loss
 from ..norms import Norm, bcast, get_norm, per_example
 from . import graphs
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen
-from .graphs import pgd_loop
 from .pgd import pgd_start, pgd_steps
+from .steps import pgd_loop
 
 
 @dataclass

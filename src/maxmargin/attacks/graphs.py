@@ -35,8 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import LossFn
-from ..norms import Norm, bcast
-from ._common import check_labels, input_grad
+from ..norms import Norm
+from ._common import check_labels
+from .steps import pgd_loop
 
 _state = {"enabled": False}
 _graphs: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
@@ -69,26 +70,6 @@ def usable(x: Tensor) -> bool:
 
 def _bucket(n: int) -> int:
     return -(-n // _BUCKET) * _BUCKET
-
-
-def pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, eps: Tensor, steps: int,
-             step: Tensor, loss_fn: LossFn, lo: float, hi: float,
-             first_logits: Callable[[Tensor], None] | None = None) -> Tensor:
-    """``steps`` PGD iterations from ``x_adv``: the one loop both the eager and the graphed path run.
-
-    ``first_logits`` sees the first iteration's logits (label checks; never
-    during a capture, where a host sync is not allowed).
-    """
-    step = bcast(step, x)
-    for k in range(steps):
-        x_adv.requires_grad_(True)
-        logits = model(x_adv)
-        if k == 0 and first_logits is not None:
-            first_logits(logits)
-        g = input_grad(loss_fn(logits, y).sum(), x_adv)
-        delta = x_adv.detach() + step * norm.direction(g) - x
-        x_adv = torch.clamp(x + norm.project(delta, eps), lo, hi)
-    return x_adv.detach()
 
 
 Body = Callable[[list[Tensor], int, "Callable[[Tensor], None] | None"], tuple[Tensor, ...]]

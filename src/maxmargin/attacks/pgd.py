@@ -8,7 +8,8 @@ from ..losses import LossFn, get_loss
 from ..norms import Norm, get_norm, per_example
 from . import graphs
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen
-from .graphs import graphed_pgd_loop, pgd_loop
+from .graphs import graphed_pgd_loop
+from .steps import pgd_loop
 
 
 def pgd_steps(
