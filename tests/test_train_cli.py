@@ -36,6 +36,24 @@ def test_smoke_run_writes_a_complete_run_directory(tmp_path):
     assert best["val_margin"] == pytest.approx(float(best_row["val_margin"]))
     last = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert last["method"]["eps"].shape == (7000,)
+    keys = {line.lstrip("# ").split(" = ")[0] for line in (out / "config.toml").read_text().splitlines()}
+    assert {"d_max", "eps_min", "clean_weight", "search", "attack_steps"} <= keys
+    assert not keys & {"beta", "pgdls_steps", "attack_loss", "eps", "attack_step"}, "other methods' keys"
+    assert not any(k.startswith("amm_") for k in keys)
+
+
+@pytest.mark.parametrize("method,own,foreign", [
+    ("pgd", {"eps", "attack_loss", "pgdls_steps", "attack_steps"}, {"d_max", "beta", "amm_lam"}),
+    ("trades", {"eps", "beta", "attack_steps"}, {"d_max", "attack_loss", "amm_lam"}),
+    ("amm", {"amm_lam", "amm_top_k"}, {"eps", "d_max", "beta", "attack_steps"}),
+    ("standard", set(), {"eps", "d_max", "beta", "amm_lam", "attack_steps"}),
+])
+def test_a_runs_config_lists_only_the_keys_its_method_reads(method, own, foreign):
+    from maxmargin.config import Config, from_dict, to_toml
+    text = to_toml(from_dict({"method": method}, base=Config()))
+    keys = {line.lstrip("# ").split(" = ")[0] for line in text.splitlines()}
+    assert own <= keys and not keys & foreign
+    assert {"lr", "batch_size", "norm", "seed"} <= keys
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):

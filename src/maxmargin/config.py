@@ -240,10 +240,35 @@ def _toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
+# Keys that only one objective reads: a run's config.toml lists its own and leaves out the others'.
+METHOD_KEYS = {
+    "pgd": ("eps", "pgdls_steps", "attack_loss"),
+    "mma": ("d_max", "eps_min", "clean_weight", "search_steps", "search", "eps_inc", "refine", "inner",
+            "ddn_gamma"),
+    "trades": ("eps", "beta", "attack_step"),
+    "amm": tuple(k for k in KEYS if k.startswith("amm_")),
+}
+ATTACKING = ("pgd", "mma", "trades")     # methods whose inner attack reads attack_steps
+
+
+def unused_keys(method: str) -> set[str]:
+    """Keys of other objectives, which a run of ``method`` never reads."""
+    own = set(METHOD_KEYS.get(method, ())) | ({"attack_steps"} if method in ATTACKING else set())
+    others = {k for keys in METHOD_KEYS.values() for k in keys} | {"attack_steps"}
+    return others - own
+
+
 def to_toml(cfg: Config) -> str:
-    """TOML text of the fully resolved config (``None`` values are written as comments)."""
+    """TOML text of the resolved config: every key the run reads (``None`` values as comments).
+
+    Other objectives' keys are left out; loading the file gives them their
+    defaults, which the run never reads.
+    """
     lines = []
+    skip = unused_keys(cfg.method)
     for key, value in cfg.to_dict().items():
+        if key in skip:
+            continue
         lines.append(f"# {key} = none" if value is None else f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
