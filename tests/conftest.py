@@ -47,6 +47,18 @@ def make_model(kind: str, shape: tuple[int, ...], classes: int = 10, seed: int =
     return m
 
 
+def own_confident_labels(model: nn.Module, x: Tensor, scale: float = 1000.0) -> Tensor:
+    """Label ``x`` by ``model`` and sharpen its last layer so every example has SLM < 0 (AN-PGD attacks all)."""
+    from maxmargin.losses import soft_logit_margin
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+        assert bool((soft_logit_margin(model(x), y) < 0).all())
+    return y
+
+
 def make_data(batch: int, shape: tuple[int, ...], classes: int = 10, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *shape, generator=g)
@@ -117,8 +129,6 @@ def exact_margin_2d(net: nn.Module, x: Tensor, y: Tensor, norm: str, rays: int =
     so ``certified ≤ exact`` is a rigorous check. inf where no point of the
     square is adversarial, 0 where ``x`` is misclassified.
     """
-    from maxmargin.losses import logit_margin
-
     side = torch.linspace(0, 1, grid, dtype=torch.float64)
     lattice = torch.cartesian_prod(side, side)
     with torch.no_grad():

@@ -16,13 +16,12 @@ from maxmargin.attacks import anpgd, graphs, pgd
 from maxmargin.attacks.graphs import cuda_graphs
 from maxmargin.checkpoint import load_model
 from maxmargin.cli import main
-from maxmargin.losses import soft_logit_margin
 from maxmargin.methods.mma import MMA
 from maxmargin.models import build_model
 from maxmargin.models.fast import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
 
-from conftest import make_data, make_model
+from conftest import make_data, make_model, own_confident_labels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SHAPE = (1, 28, 28)
@@ -64,11 +63,7 @@ def test_graph_replay_equals_eager_loop(deterministic, norm, eps, batch):
 @pytest.mark.parametrize("norm,eps_max", [("linf", 0.4), ("l2", 3.0)])
 def test_anpgd_bisection_replays_as_one_graph_equal_to_eager(deterministic, norm, eps_max):
     model, x, _ = _setup(21)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-        last.weight.mul_(1000.0)
-        last.bias.mul_(1000.0)
+    y = own_confident_labels(model, x)
     kw = dict(norm=norm, eps_init=eps_max / 4, eps_max=eps_max, steps=5, search_steps=8)
     torch.manual_seed(0)
     eager = anpgd(model, x, y, **kw)
@@ -153,13 +148,7 @@ def _confident_lenet(n: int):
     """LeNet5 on random images labelled by itself, last layer sharpened so every example has SLM < 0."""
     model = build_model("lenet5", 1, 10, 28).cuda()
     x = torch.rand(n, 1, 28, 28, device="cuda")
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-        last.weight.mul_(200.0)
-        last.bias.mul_(200.0)
-        assert bool((soft_logit_margin(model(x), y) < 0).all())
-    return model, x, y
+    return model, x, own_confident_labels(model, x, scale=200.0)
 
 
 @pytest.mark.parametrize("fast", ["graphs", "bf16", "channels_last", "all"])

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from maxmargin.attacks import anpgd, graphs, pgd
-from maxmargin.losses import soft_logit_margin
 from maxmargin.norms import get_norm
 
-from conftest import make_data, make_model
+from conftest import make_data, make_model, own_confident_labels
 
 SHAPE = (1, 12, 12)
 
@@ -52,13 +51,7 @@ def _setup(batch):
 def _confident(batch):
     """A model whose own (sharpened) predictions are the labels: SLM < 0 everywhere, so AN-PGD attacks all."""
     model, x, _ = _setup(batch)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-        last.weight.mul_(1000.0)
-        last.bias.mul_(1000.0)
-        assert bool((soft_logit_margin(model(x), y) < 0).all())
-    return model, x, y
+    return model, x, own_confident_labels(model, x)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])

@@ -28,7 +28,6 @@ pass a float64 model to rule out float32 rounding.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
