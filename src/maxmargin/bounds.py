@@ -28,6 +28,7 @@ pass a float64 model to rule out float32 rounding.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,16 +52,19 @@ CROWN_INTERMEDIATE_BUDGET = 3e7
 
 # ---------------------------------------------------------------- operations
 
-class Op:
+class Op(ABC):
     """One node's operation; ``inputs`` are indices of earlier nodes."""
 
+    @abstractmethod
     def interval(self, ins: list[Interval]) -> Interval:
-        raise NotImplementedError(type(self).__name__)
+        """Bounds of this node's output given interval bounds of its inputs."""
 
 
 @dataclass
 class Input(Op):
-    pass
+    def interval(self, ins: list[Interval]) -> Interval:
+        """The input's bounds are the region's box, passed in as the one input."""
+        return ins[0]
 
 
 @dataclass
@@ -512,7 +516,7 @@ def layer_bounds(nodes: list[Node], region: Region, method: str) -> list[Interva
     for i, node in enumerate(nodes):
         op = node.op
         if isinstance(op, Input):
-            bounds[i] = region.box()
+            bounds[i] = op.interval([region.box()])
         elif isinstance(op, Affine) and isinstance(nodes[node.inputs[0]].op, Input):
             bounds[i] = region.affine(op)
         else:
