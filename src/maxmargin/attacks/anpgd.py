@@ -42,6 +42,9 @@ class ANPGDResult:
     clean_logits: Tensor
 
 
+FIRST_SPREAD = 0.05
+
+
 def _at(model: nn.Module, x: Tensor, y: Tensor, u: Tensor, eta: Tensor, crit: LossFn,
         box: tuple[float, float]) -> Tensor:
     return crit(model(torch.clamp(x + bcast(eta, x) * u, *box)), y)
@@ -84,53 +87,107 @@ def secant_search(
     hi: Tensor,
     f_lo: Tensor,
     f_hi: Tensor,
+    known: Tensor,
     crit: LossFn,
     tol: Tensor,
     box: tuple[float, float],
-    max_evals: int,
+    max_passes: int,
+    through: tuple[Tensor, Tensor] | None = None,
+    first_half: Tensor | None = None,
+    spread: float = 0.05,
 ) -> tuple[Tensor, Tensor, int]:
-    """Illinois regula falsi on ``crit`` values, to the resolution ``steps`` bisections would reach.
+    """Regula falsi on ``crit`` values, two points per example per pass, to the bisection's resolution.
 
-    Needs ``f_lo < 0 ≤ f_hi`` (rows where ``f_hi < 0`` are returned unfound at
-    ``hi``). Each row stops once its bracket is no wider than ``tol`` (pass
-    the resolution the bisection would reach); only unfinished rows are
-    evaluated, and a row whose bracket did not halve takes a bisection step
-    next, so the bracket at least halves every two evaluations. Returns
-    ``hi``, ``found`` and the number of example-evaluations spent.
+    Needs ``f_lo < 0``. ``known`` says where ``hi`` is verified (``f_hi ≥ 0``);
+    elsewhere ``f_hi`` is ignored and the crossing is extrapolated along the
+    line through ``(lo, f_lo)`` and ``through = (η, value)`` (default: ``η = 0``
+    with value ``f_lo``; later the last two points found short) until a
+    point reaches it or ``hi`` itself is found short. The value at ``through``
+    may be an estimate: it only places the first points. A row stops once
+    ``hi − lo ≤ tol``.
+
+    Each pass evaluates, for every unfinished row, a pair of points around the
+    interpolated crossing: ``±first_half`` (default ``spread·width``) on the
+    first pass, ``±tol/2``
+    after it (inside the first pair's narrow bracket the interpolation is
+    closer than that, so the second pair usually closes the row). A row whose
+    bracket did not halve takes a ``±spread·width`` pair again, and after two
+    such passes running a pair at its midpoint, so every row reaches ``tol``
+    within ``max_passes``. On the batch sizes of training a pass costs
+    mostly its fixed part: two points per pass reach the resolution in about
+    3 passes where one point per pass took 10 to 13 (``benchmarks/RESULTS.md``).
+    Returns ``hi``, ``found`` and the number of example-evaluations spent.
     """
-    found = f_hi >= 0
-    lo, hi, f_lo, f_hi = lo.clone(), hi.clone(), f_lo.clone(), f_hi.clone()
-    bisect_next = torch.zeros_like(found)
-    last = torch.zeros_like(lo, dtype=torch.int8)   # +1: hi moved last, -1: lo moved last
+    lo, hi, f_lo, f_hi, known = lo.clone(), hi.clone(), f_lo.clone(), f_hi.clone(), known.clone()
+    # where hi is unverified: the line through (s_eta, s_f) and (lo, f_lo) is extrapolated
+    s_eta, s_f = (torch.zeros_like(lo), f_lo.clone()) if through is None else (through[0].clone(), through[1].clone())
+    stalls = torch.zeros_like(lo, dtype=torch.int8)    # passes running that did not halve the bracket
+    last = torch.stack([lo, hi], 1)                     # the last pair evaluated, and its values
+    f_last = torch.stack([f_lo, f_lo], 1)
     spent = 0
     with torch.no_grad():
-        for _ in range(max_evals):
-            act = (found & (hi - lo > tol)).nonzero().squeeze(1)
-            if act.numel() == 0:
+        for k in range(max_passes):
+            act = torch.where(known, hi - lo > tol, lo < hi).nonzero().squeeze(1)
+            n = act.numel()
+            if n == 0:
                 break
-            a_lo, a_hi, a_flo, a_fhi = lo[act], hi[act], f_lo[act], f_hi[act]
-            width = a_hi - a_lo
-            interp = a_lo - a_flo * width / (a_fhi - a_flo)
-            # An estimate within the tolerance of an end is nudged to just under the tolerance
-            # from that end: if the root is really there, this one evaluation closes the bracket.
-            a_tol = 0.99 * tol[act]
-            interp = torch.where(a_hi - interp < a_tol, a_hi - a_tol, interp)
-            interp = torch.where(interp - a_lo < a_tol, a_lo + a_tol, interp)
-            eta = torch.where(bisect_next[act], (a_lo + a_hi) / 2, interp)
-            f = _at(model, x[act], y[act], u[act], eta, crit, box)
-            spent += act.numel()
+            a_lo, a_hi, a_flo, a_fhi, a_known = lo[act], hi[act], f_lo[act], f_hi[act], known[act]
+            a_tol, width = tol[act], hi[act] - lo[act]
+            inside = a_lo - a_flo * width / (a_fhi - a_flo)
+            slope = (a_flo - s_f[act]) / (a_lo - s_eta[act])
+            beyond = torch.where(slope > 0, a_lo - a_flo / slope, a_hi)
+            r = torch.where(a_known, inside, beyond)
+            # a row that stalled twice running (or has no finite estimate) is bisected
+            r = torch.where(torch.isfinite(r) & (stalls[act] < 2), r, (a_lo + a_hi) / 2)
+            r = torch.minimum(torch.maximum(r, a_lo), a_hi)
+            wide = torch.maximum(spread * width, 0.495 * a_tol)
+            if k == 0 and first_half is not None:
+                wide = torch.maximum(first_half[act], 0.495 * a_tol)
+            half = torch.where((stalls[act] > 0) | (k == 0), wide, 0.495 * a_tol)
+            p2 = torch.minimum(r + half, a_hi)
+            p1 = torch.maximum(r - half, a_lo)
+            # A pair that fell on one side of the crossing leaves the chord's estimate on that side
+            # of a convex or concave stretch; the line through that pair lands on the other side.
+            # Next time the pair goes at those two estimates (or around them, when they agree).
+            (la, lb), (fa, fb) = last[act].unbind(1), f_last[act].unbind(1)
+            local = lb - fb * (lb - la) / (fb - fa)
+            straddle = (stalls[act] == 1) & a_known & torch.isfinite(local) & (local > a_lo) & (local < a_hi)
+            s1, s2 = torch.minimum(inside, local), torch.maximum(inside, local)
+            agree = s2 - s1 < 0.99 * a_tol
+            mid = (s1 + s2) / 2
+            s1 = torch.where(agree, mid - 0.495 * a_tol, s1)
+            s2 = torch.where(agree, mid + 0.495 * a_tol, s2)
+            p1 = torch.where(straddle, torch.maximum(s1, a_lo), p1)
+            p2 = torch.where(straddle, torch.minimum(s2, a_hi), p2)
+            # a point pushed onto an end is of no use there: it goes halfway to the other one
+            p1 = torch.where(p1 <= a_lo, (a_lo + p2) / 2, p1)
+            # where hi is unverified, a top point within tol of it is taken at hi: that settles the row
+            p2 = torch.where(~a_known & (a_hi - p2 <= a_tol), a_hi, p2)
+            p2 = torch.where(a_known & (p2 >= a_hi), (p1 + a_hi) / 2, p2)
+            pts = torch.stack([p1, p2], 1)
+            rows = act.repeat_interleave(2)
+            f = crit(model(torch.clamp(x[rows] + bcast(pts.reshape(-1), x[rows]) * u[rows], *box)),
+                     y[rows]).reshape(n, 2)
+            spent += 2 * n
+            last[act], f_last[act] = pts, f
             adv = f >= 0
-            a_last = last[act]
-            # Illinois: halve the value of an end that stayed put twice running
-            a_flo = torch.where(adv & (a_last == 1), a_flo / 2, a_flo)
-            a_fhi = torch.where(~adv & (a_last == -1), a_fhi / 2, a_fhi)
-            lo[act] = torch.where(adv, a_lo, eta)
-            f_lo[act] = torch.where(adv, a_flo, f)
-            hi[act] = torch.where(adv, eta, a_hi)
-            f_hi[act] = torch.where(adv, f, a_fhi)
-            last[act] = torch.where(adv, 1, -1).to(torch.int8)
-            bisect_next[act] = (hi[act] - lo[act]) > width / 2
-    return hi, found, spent
+            # the bracket's new ends: the nearest adversarial point, the farthest clean one below it
+            up = torch.where(adv, pts, torch.full_like(pts, float("inf"))).min(1)
+            down = torch.where(~adv & (pts < up.values[:, None]), pts, torch.full_like(pts, float("-inf"))).max(1)
+            move_hi = up.values < a_hi
+            move_lo = down.values > a_lo
+            short = ~adv.any(1) & ~a_known
+            s_eta[act] = torch.where(short, p1, s_eta[act])
+            s_f[act] = torch.where(short, f[:, 0], s_f[act])
+            hi[act] = torch.where(move_hi, up.values, a_hi)
+            f_hi[act] = torch.where(move_hi, f.gather(1, up.indices[:, None]).squeeze(1), a_fhi)
+            known[act] = a_known | move_hi
+            # an unverified row whose hi was evaluated short has nothing left to search
+            lo[act] = torch.where(short & (p2 >= a_hi), a_hi, torch.where(move_lo, down.values, a_lo))
+            f_lo[act] = torch.where(move_lo, f.gather(1, down.indices[:, None]).squeeze(1), a_flo)
+            halved = hi[act] - lo[act] <= width / 2
+            stalls[act] = torch.where(halved, 0, stalls[act] + 1).to(torch.int8)
+    return hi, known, spent
 
 
 def anpgd_search(
@@ -236,12 +293,41 @@ def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn
     return body
 
 
+def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float]):
+    """PGD at ``eps_init``, and ``crit`` at its last iterate (one step from the point returned): no host syncs."""
+    def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor]:
+        xs, ys, x0, e0s, step = b
+        seen: list[Tensor] = []
+        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first,
+                      lambda logits: seen.append(crit(logits, ys)))
+        if not seen:    # no PGD step: the start itself
+            with torch.no_grad():
+                seen.append(crit(model(xa), ys))
+        return xa, seen[0]
+    return body
+
+
 def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor, emaxs: Tensor,
                      steps: int, step: Tensor, pgd_loss: LossFn, crit: LossFn, random_init: bool,
                      box: tuple[float, float], eps_inc: float | None, search: str,
                      search_steps: int) -> tuple[Tensor, Tensor, Tensor]:
-    """PGD, then the preprint's bracket (bisected) or the secant search; eager only (data-dependent shapes)."""
+    """PGD, then the secant search, or the preprint's bracket (bisected or secant); the searches run eagerly."""
     lo_box, hi_box = box
+    if eps_inc is None:
+        # The official bracket [0, eps_max] needs nothing verified at eps_init: PGD's last value,
+        # one step from its returned point, places the first pair, and f(eps_init) costs no pass.
+        body = _pgd_and_value(model, nrm, pgd_loss, crit, box)
+        args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step)
+        first = lambda t: check_labels(t, ys)   # noqa: E731
+        tag = ("pgd-value", nrm.name, pgd_loss, crit, box)
+        xa, f_near = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
+                      else body(list(args), steps, first))
+        u = (xa - xs) / bcast(e0s, xs)
+        zero = torch.zeros_like(e0s)
+        eta, found, _ = secant_search(model, xs, ys, u, zero, emaxs, f0, f0, torch.zeros_like(f0, dtype=torch.bool),
+                                      crit, emaxs / 2 ** search_steps, box, 2 * search_steps,
+                                      through=(e0s, f_near), first_half=FIRST_SPREAD * e0s)
+        return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
     xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
     u = (xa - xs) / bcast(e0s, xs)
     with torch.no_grad():
@@ -254,31 +340,12 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: 
     if search == "bisect":
         eta, found = line_search(model, xs, ys, u, lo, hi, known, crit, search_steps, box)
     else:
+        # hits: [0, eps_init] with both values known; misses: [eps_init, top], the crossing
+        # extrapolated through (0, f(0)) and (eps_init, f(eps_init)) until a pair reaches it
         f_lo = torch.where(hit, f0, f_e0)
-        f_hi = f_e0.clone()
-        miss = (~hit).nonzero().squeeze(1)
-        if miss.numel():
-            # Where PGD failed, probe 10 % past the root of the line through (0, f(0)) and
-            # (eps_init, f(eps_init)): SLM is close to convex along the ray, so the probe is
-            # usually adversarial and closes a tight bracket at once.
-            slope = (f_e0[miss] - f0[miss]) / e0s[miss]
-            root = e0s[miss] - f_e0[miss] / slope.clamp_min(1e-12)
-            probe = torch.where(slope > 0, 1.1 * root, hi[miss])
-            probe = torch.minimum(torch.maximum(probe, e0s[miss]), hi[miss])
-            with torch.no_grad():
-                f_p = _at(model, xs[miss], ys[miss], u[miss], probe, crit, box)
-            past = f_p >= 0
-            lo[miss] = torch.where(past, lo[miss], probe)
-            f_lo[miss] = torch.where(past, f_lo[miss], f_p)
-            f_hi[miss] = f_p
-            short = miss[~past & (probe < hi[miss])]
-            hi[miss] = torch.where(past, probe, hi[miss])
-            if short.numel():
-                with torch.no_grad():
-                    f_hi[short] = _at(model, xs[short], ys[short], u[short], hi[short], crit, box)
         span = emaxs if eps_inc is None else hi - lo
-        eta, found, _ = secant_search(model, xs, ys, u, lo, hi, f_lo, f_hi, crit,
-                                      span / 2 ** search_steps, box, 2 * search_steps)
+        eta, found, _ = secant_search(model, xs, ys, u, lo, hi, f_lo, f_e0, hit, crit, span / 2 ** search_steps,
+                                      box, 2 * search_steps, through=(torch.zeros_like(e0s), f0))
     return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
 
 
