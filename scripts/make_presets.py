@@ -28,13 +28,13 @@ VAL = {  # validation PGD (eps, step) and the cap of the validation margin estim
 EPOCH = {"mnist": (60_000 - 5000) // 50, "cifar10": -(-(50_000 - 5000) // 128)}
 # AN-PGD's line search per model: the faster one at equal resolution, and why
 SEARCH = {
-    "mnist": ("bisect", "search = bisect: faster on the GPUs these presets are sized for. LeNet5, ms per MMA step\n"
-                        "at batch 50, bisect vs secant: H100 eager K=10 32.6 vs 43.9, K=40 63.6 vs 72.2; CUDA graphs\n"
-                        "K=40 23.9 vs 40.9 (the secant's shrinking subsets are one launch-bound pass each). On a\n"
-                        "2-core CPU the secant is ~5 % faster (K=10 327 vs 346): set search = \"secant\" there"),
+    "mnist": ("bisect", "search = bisect: faster on the GPUs these presets are sized for than the one-point secant\n"
+                        "(H100, LeNet5, ms per MMA step at batch 50: eager K=10 32.6 vs 43.9, CUDA graphs K=40 23.9\n"
+                        "vs 40.9); the two-point secant is not yet timed on a GPU. On a 2-core CPU the secant is\n"
+                        "faster (MMA/PGD-AT at K=10: 1.28-1.34 vs 1.56-1.60): set search = \"secant\" there"),
     "cifar10": ("bisect", "search = bisect (the paper's): secant not yet measured on WRN-28-4 (a GPU-scale model)"),
-    "quick": ("bisect", "search = bisect: on the tiny quick CNN the secant's subset passes cost more than they save\n"
-                        "(600 MMA steps: 93 s with secant, 71 s with bisect)"),
+    "quick": ("bisect", "search = bisect: the quick-start numbers were measured with it; on the tiny quick CNN the\n"
+                        "two-point secant runs level (600 MMA steps: 43-46 s secant, 44-50 s bisect)"),
 }
 QUICK = dict(dataset="digits", model="small_cnn", optimizer="adam", lr=1e-3, batch_size=50, steps=1200,
              val_size=1000, eval_every=400, eval_size=500, augment=False, norm="linf", attack_steps=10,
