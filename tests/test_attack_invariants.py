@@ -40,18 +40,27 @@ def run_fgsm(model, x, y, norm, eps, random=True):
     return fgsm(model, x, y, norm=norm, eps=eps)
 
 
-def run_anpgd(model, x, y, norm, eps, random=True):
-    x_adv, e = anpgd(model, x, y, norm=norm, eps_init=eps * 0.3, eps_max=eps, steps=3, search_steps=4, random_init=random)
+def run_anpgd(model, x, y, norm, eps, random=True, search="bisect"):
+    x_adv, e = anpgd(model, x, y, norm=norm, eps_init=eps * 0.3, eps_max=eps, steps=3, search_steps=4,
+                     random_init=random, search=search)
     assert torch.allclose(e, get_norm(norm).measure(x_adv - x), atol=1e-6)
     return x_adv
 
 
-def run_anpgd_preprint(model, x, y, norm, eps, random=True):
+def run_anpgd_preprint(model, x, y, norm, eps, random=True, search="bisect"):
     x_adv, e = anpgd(model, x, y, norm=norm, eps_init=eps * 0.3, eps_max=eps, steps=3, search_steps=4,
                      eps_inc=0.2 * (eps if isinstance(eps, float) else float(eps.max())), refine=True,
-                     random_init=random)
+                     random_init=random, search=search)
     assert torch.allclose(e, get_norm(norm).measure(x_adv - x), atol=1e-6)
     return x_adv
+
+
+def run_anpgd_secant(model, x, y, norm, eps, random=True):
+    return run_anpgd(model, x, y, norm, eps, random, search="secant")
+
+
+def run_anpgd_preprint_secant(model, x, y, norm, eps, random=True):
+    return run_anpgd_preprint(model, x, y, norm, eps, random, search="secant")
 
 
 ATTACKS = {
@@ -62,6 +71,8 @@ ATTACKS = {
     "fgsm": run_fgsm,
     "anpgd": run_anpgd,
     "anpgd_preprint": run_anpgd_preprint,
+    "anpgd_secant": run_anpgd_secant,
+    "anpgd_preprint_secant": run_anpgd_preprint_secant,
 }
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 

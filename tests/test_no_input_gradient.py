@@ -47,12 +47,13 @@ def test_attacks_return_points_in_the_ball_and_box(norm, kind):
     nrm = get_norm(norm)
     eps = 0.3 if norm == "linf" else 3.0
     outs = [pgd(model, x, y, norm=norm, eps=eps, steps=3, restarts=2), fgsm(model, x, y, norm=norm, eps=eps),
-            anpgd(model, x, y, norm=norm, eps_init=eps / 2, eps_max=eps, steps=3)[0]]
+            anpgd(model, x, y, norm=norm, eps_init=eps / 2, eps_max=eps, steps=3)[0],
+            anpgd(model, x, y, norm=norm, eps_init=eps / 2, eps_max=eps, steps=3, search="secant")[0]]
     if norm == "l2":
         outs.append(ddn(model, x, y, steps=3))
     for x_adv in outs:
         assert bool(((x_adv >= 0) & (x_adv <= 1)).all())
-    for x_adv in outs[:3]:
+    for x_adv in outs[:4]:
         assert bool((nrm.measure(x_adv - x) <= eps * (1 + 1e-5)).all())
     m = estimate_margin(model, x, y, norm=norm, eps_max=eps, steps=3, rounds=1)
     assert bool(((m >= 0) & (m <= eps)).all())
