@@ -110,22 +110,24 @@ def secant_search(
 
     Each pass evaluates, for every unfinished row, a pair of points around the
     interpolated crossing: ``±first_half`` (default ``spread·width``) on the
-    first pass, ``±tol/2``
-    after it (inside the first pair's narrow bracket the interpolation is
-    closer than that, so the second pair usually closes the row). A row whose
-    bracket did not halve takes a ``±spread·width`` pair again, and after two
-    such passes running a pair at its midpoint, so every row reaches ``tol``
-    within ``max_passes``. On the batch sizes of training a pass costs
-    mostly its fixed part: two points per pass reach the resolution in about
-    3 passes where one point per pass took 10 to 13 (``benchmarks/RESULTS.md``).
-    Returns ``hi``, ``found`` and the number of example-evaluations spent.
+    first pass, ``±tol/2`` after it (inside the first pair's narrow bracket
+    the interpolation is closer than that, so the second pair usually closes
+    the row). A row whose bracket did not halve next takes its pair at the
+    chord's estimate and at the one from the line through its last pair (on a
+    convex or concave stretch they fall on either side of the crossing), or a
+    ``±spread·width`` pair where that line says nothing; after two such passes
+    running, a pair at its midpoint. On the batch sizes of training a pass
+    costs mostly its fixed part: two points per pass reach the resolution in
+    about 3 passes where one point per pass took 10 to 13
+    (``benchmarks/RESULTS.md``). Returns ``hi``, ``found`` and the number of
+    example-evaluations spent.
     """
     lo, hi, f_lo, f_hi, known = lo.clone(), hi.clone(), f_lo.clone(), f_hi.clone(), known.clone()
     # where hi is unverified: the line through (s_eta, s_f) and (lo, f_lo) is extrapolated
     s_eta, s_f = (torch.zeros_like(lo), f_lo.clone()) if through is None else (through[0].clone(), through[1].clone())
     stalls = torch.zeros_like(lo, dtype=torch.int8)    # passes running that did not halve the bracket
-    last = torch.stack([lo, hi], 1)                     # the last pair evaluated, and its values
-    f_last = torch.stack([f_lo, f_lo], 1)
+    last = torch.stack([lo, hi], 1)                     # the last pair evaluated and its values
+    f_last = torch.stack([f_lo, f_lo], 1)              # (read only after a row's first pass)
     spent = 0
     with torch.no_grad():
         for k in range(max_passes):
