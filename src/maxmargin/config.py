@@ -86,7 +86,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     amp: str = "off"                     # off | bf16 (CUDA only: model arithmetic in bf16, attacks stay float32)
-    channels_last: bool = False          # CUDA only
+    channels_last: bool = False          # conv nets in channels_last layout (faster on CPU and GPU)
     compile: bool = False                # CUDA only: torch.compile the model
     cuda_graphs: bool = False            # CUDA only: replay the attacks' PGD loops as CUDA graphs
 
