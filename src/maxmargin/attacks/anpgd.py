@@ -170,8 +170,7 @@ def secant_search(
             p2 = torch.where(a_known & (p2 >= a_hi), (p1 + a_hi) / 2, p2)
             pts = torch.stack([p1, p2], 1)
             rows = act.repeat_interleave(2)
-            f = crit(model(torch.clamp(x[rows] + bcast(pts.reshape(-1), x[rows]) * u[rows], *box)),
-                     y[rows]).reshape(n, 2)
+            f = _at(model, x[rows], y[rows], u[rows], pts.reshape(-1), crit, box).reshape(n, 2)
             spent += 2 * n
             last[act], f_last[act] = pts, f
             adv = f >= 0

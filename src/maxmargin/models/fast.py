@@ -44,12 +44,9 @@ def apply_fast_paths(model: nn.Module, amp: str, channels_last: bool, compile: b
     """
     cuda_only = [name for name, on in (("amp=" + amp, amp != "off"), ("compile", compile),
                                        ("cuda_graphs", cuda_graphs)) if on]
-    if device.type != "cuda":
-        if cuda_only:
-            notice(f"note: {', '.join(cuda_only)} only apply on a CUDA GPU; ignored on {device.type}")
-        if channels_last:
-            model = Autocast(model.to(memory_format=torch.channels_last), None, channels_last=True)
-        return model
+    if device.type != "cuda" and cuda_only:
+        notice(f"note: {', '.join(cuda_only)} only apply on a CUDA GPU; ignored on {device.type}")
+        amp, compile = "off", False
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if amp != "off" or channels_last:
