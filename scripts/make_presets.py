@@ -7,7 +7,11 @@ hyperparameter is made here once and regenerated.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+
+from maxmargin.config import SHARED
+from maxmargin.methods import get_method
 
 OUT = Path(__file__).resolve().parents[1] / "src/maxmargin/presets"
 
@@ -56,7 +60,19 @@ def fmt(v) -> str:
 
 
 def write(name: str, values: dict, why: str = "") -> None:
-    text = "".join(f"# {line}\n" for line in why.splitlines()) + "\n".join(f"{k} = {fmt(v)}" for k, v in values.items()) + "\n"
+    """Shared keys at the top, the method's options in its table (flat keys of older scripts mapped by
+    the method's ``legacy_keys``); keys of other methods (eps_min beside a PGD run) are left out."""
+    cls = get_method(values["method"])
+    own = {f.name for f in fields(cls.Options)}
+    top, table = [], []
+    for k, v in values.items():
+        if k in SHARED:
+            top.append(f"{k} = {fmt(v)}")
+        elif cls.legacy_keys.get(k, k) in own:
+            table.append(f"{cls.legacy_keys.get(k, k)} = {fmt(v)}")
+    text = "".join(f"# {line}\n" for line in why.splitlines()) + "\n".join(top) + "\n"
+    if table:
+        text += f"\n[{values['method']}]\n" + "\n".join(table) + "\n"
     (OUT / f"{name}.toml").write_text(text)
 
 
@@ -127,6 +143,16 @@ def main() -> None:
                             **VAL[("mnist", "l2")], **amm, amm_aggregation="min", amm_grad_eps=5e-6))
     write("cifar10-amm", dict(description="CIFAR10 WRN-28-4 AMM (lambda 32, c 2, d 1, avg; not a published recipe)",
                               **CIFAR, **VAL[("cifar10", "l2")], **amm, amm_aggregation="avg"))
+    # MART (Wang et al. 2020): beta 6 as in its paper; PGD as TRADES's reference scripts (MNIST 40 x 0.01,
+    # CIFAR-10 10 x 0.007 at 8/255)
+    write("mnist-linf-mart-0.3", dict(description="MNIST linf MART, eps 0.3, beta 6 (paper scale)", **MNIST,
+                                      **VAL[("mnist", "linf")], method="mart", eps=0.3, beta=6.0, step_size=0.01))
+    write("cifar10-linf-mart-8", dict(description="CIFAR10 linf MART, eps 8/255, beta 6 (paper scale)", **CIFAR,
+                                      **VAL[("cifar10", "linf")], method="mart", eps=8 / 255, beta=6.0,
+                                      step_size=0.007))
+    # PGDLS's ramp as quick-pgd: at 0.3 from scratch the attack stalls training at chance in this budget
+    write("quick-mart", dict(description="bundled digits, small CNN, MART linf eps 0.3, beta 6 (CPU minutes)",
+                             **QUICK, method="mart", eps=0.3, beta=6.0))
     write("quick-trades", dict(description="bundled digits, small CNN, TRADES linf eps 0.3, beta 6 (CPU minutes)",
                                **QUICK, method="trades", eps=0.3, beta=6.0))
     # AMM maximizes an L2 (DeepFool) margin, so its runs are validated and evaluated in L2

@@ -7,39 +7,31 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import Config, check, from_dict, load_preset, load_toml, parse_value, preset_names
+from .config import Config, apply_overrides, describe, load_preset, load_toml, preset_names, quick_methods
 from .errors import UserError
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--set {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = parse_value(key.strip(), value)
-    return out
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    """Preset (or the run's saved config on --resume), then --data/--device/--seed/--set."""
+    """Preset (or the run's saved config on --resume), then --set, --data, --device and --seed."""
     out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        raise UserError("--resume continues a run: name its folder with --out RUN_DIR")
     if args.resume and out is not None and (out / "config.toml").is_file():
         cfg = load_toml(out / "config.toml")
+    elif args.resume and args.preset is None:
+        raise UserError(f"--resume: {out / 'config.toml'} does not exist, so {out} holds no run to continue; "
+                        "start it with --preset NAME")
     elif args.preset is None:
         raise UserError("train needs --preset NAME (see `maxmargin presets`), or --resume with --out RUN_DIR")
     elif args.preset.endswith(".toml"):
         cfg = load_toml(Path(args.preset))
     else:
         cfg = load_preset(args.preset)
-    values = _overrides(args.set)
-    if args.data is not None:
-        values["data_dir"] = args.data
-    if args.device is not None:
-        values["device"] = args.device
-    if args.seed is not None:
-        values["seed"] = args.seed
-    cfg = check(from_dict(values, cfg))
+    pairs = list(args.set or [])
+    for key, value in (("data_dir", args.data), ("device", args.device), ("seed", args.seed)):
+        if value is not None:
+            pairs.append(f"{key}={value}")
+    cfg = apply_overrides(cfg, pairs)
     return cfg, out if out is not None else Path("runs") / cfg.name
 
 
@@ -68,6 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    if args.name:
+        cfg = load_toml(Path(args.name)) if args.name.endswith(".toml") else load_preset(args.name)
+        print(f"# {args.name}: {cfg.description}" if cfg.description else f"# {args.name}")
+        print(describe(cfg))
+        return 0
     names = preset_names()
     width = max(len(n) for n in names)
     for name in names:
@@ -145,14 +142,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _eval_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("target", metavar="RUN_OR_CHECKPOINT",
+                   help="a run directory (its checkpoints/best.pt) or a checkpoint file")
     p.add_argument("--out", help="folder for the outputs (default: the run directory)")
     p.add_argument("--n", "--num-examples", dest="n", type=int,
                    help="evaluate the first N test examples (default: all; under torchrun write --num-examples)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="examples attacked at once (default 500)")
     p.add_argument("--data", help="dataset folder, if the run's config does not say")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run (default: a GPU if there is one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,33 +161,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="train standard, PGD-AT and MMA on the bundled digits and compare")
     q.add_argument("--out", default="runs/quickstart", help="folder for the three runs (default runs/quickstart)")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--methods", help="comma-separated: standard,pgd,mma,omma,trades,amm,mma-ddn "
-                                     "(default standard,pgd,mma)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train and evaluate (default: a GPU if there is one)")
+    q.add_argument("--methods", help="comma-separated methods with a quick-METHOD preset: "
+                                     f"{','.join(quick_methods())} (default standard,pgd,mma)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quickstart)
 
-    t = sub.add_parser("train", help="train one model from a preset")
+    t = sub.add_parser(
+        "train", help="train one model from a preset",
+        description="Train one model from a preset into a run directory.",
+        epilog="Config keys: `maxmargin presets NAME` prints a preset's resolved config with the meaning of every "
+               "key. Shared keys (dataset, model, optimizer, steps, ...) sit at the top level, the method's options "
+               "in its table ([mma], [pgd], ...); --set KEY=VALUE finds KEY in either place (METHOD.KEY says it "
+               "explicitly) and refuses a key the run does not read. model=package.module:callable trains your "
+               "own model.")
     t.add_argument("--preset", help="preset name (`maxmargin presets`) or a config .toml file")
     t.add_argument("--data", help="dataset folder (IDX files or CIFAR python batches)")
     t.add_argument("--out", help="run directory (default runs/PRESET)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's, auto)")
+    t.add_argument("--seed", type=int, help="seed of everything (default: the config's, 0)")
     t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="robust accuracy over an ε grid, with gradient-masking checks")
     _eval_common(e)
-    e.add_argument("--protocol", default="quick", choices=["quick", "paper", "autoattack"])
+    e.add_argument("--protocol", default="quick", choices=["quick", "paper", "autoattack"],
+                   help="quick: PGD-50 CE and CW; paper: the MMA paper's Table-1 attacks; autoattack: AutoAttack "
+                        "standard (default quick)")
     e.add_argument("--eps", help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
     e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
-    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")
     e.add_argument("--certify", choices=["crown", "ibp"],
                    help="also prove robustness by bound propagation: a certified-accuracy column")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("margin", help="per-example margin estimates on the test split, with plots")
@@ -200,21 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_margin)
 
     r = sub.add_parser("report", help="compare evaluated runs in one table and one plot")
-    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     r.add_argument("--out", help="folder for compare.md and compare.png (default: the first run's parent)")
     r.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("reproduce", help="train standard, PGD and MMA models and run the paper's Table-1 protocol")
-    rp.add_argument("experiment", choices=["mnist-linf"])
-    rp.add_argument("--scale", default="quick", choices=["quick", "paper"])
-    rp.add_argument("--out", default="runs/reproduce")
+    rp.add_argument("experiment", choices=["mnist-linf"], help="the paper's experiment")
+    rp.add_argument("--scale", default="quick", choices=["quick", "paper"],
+                    help="quick: the quick presets on the bundled digits (CPU); paper: the paper presets (GPU)")
+    rp.add_argument("--out", default="runs/reproduce", help="folder for the runs (default runs/reproduce)")
     rp.add_argument("--data", help="MNIST IDX folder (paper scale)")
-    rp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    rp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where to train and evaluate (default: a GPU if there is one)")
     rp.add_argument("--n", type=int, help="test examples to evaluate (default 300 quick, all paper)")
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=cmd_reproduce)
 
-    ps = sub.add_parser("presets", help="list the presets with one line each")
+    ps = sub.add_parser("presets", help="list the presets with one line each, or show one with every key explained")
+    ps.add_argument("name", nargs="?", metavar="NAME",
+                    help="a preset (or a config .toml file): print its resolved config, each key with its meaning")
     ps.set_defaults(func=cmd_presets)
     return p
 

@@ -1,207 +1,258 @@
-"""Run configuration: one flat dataclass, TOML presets, ``--set key=value`` overrides.
+"""Run configuration: shared keys at the top level, the method's options in its own table.
 
-Every key can be overridden from the command line; values are parsed by the
-field's type and checked before any training starts.
+A run's ``config.toml`` reads::
+
+    name = "quick-mma"
+    dataset = "digits"
+    method = "mma"
+    ...                      # every shared key the run reads
+    [mma]
+    d_max = 0.45             # the method's options (maxmargin.methods: its Options dataclass)
+    ...
+
+``--set key=value`` finds ``key`` among the shared keys, then among the
+method's options (``--set mma.d_max=0.3`` says it explicitly); a key the run
+does not read is refused with the list of valid ones. Files written before
+the per-method tables (one flat list of keys) still load: their method keys
+go into the table by the method's ``legacy_keys``.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from .data import dataset_names
 from .errors import UserError
+from .methods import get_method, method_names
+from .methods.base import Method
+from .models import is_model_spec, model_names
+from .norms import NORMS
+from .options import KeyInfo, Options, coerce, key_infos, option, parse_text
 
 
 @dataclass
 class Config:
-    """Everything that defines a run. ``description`` is the one line ``maxmargin presets`` shows."""
+    """Everything that defines a run: the shared keys, and the method's options in ``options``.
 
-    name: str = "custom"
-    description: str = ""
+    Reading ``cfg.d_max`` falls through to the method's options, so code and
+    tests can read any key of the run by name.
+    """
+
+    name: str = option("custom", "the run's name (default folder runs/NAME)")
+    description: str = option("", "the one line `maxmargin presets` shows")
     # data
-    dataset: str = "digits"              # digits | mnist | fashion-mnist | cifar10 | cifar100
-    data_dir: Optional[str] = None
-    val_size: int = 1000
-    augment: bool = False                # reflect-pad 4 + random crop + horizontal flip
+    dataset: str = option("digits", "dataset", choices=lambda: dataset_names())
+    data_dir: Optional[str] = option(None, "dataset folder (--data)")
+    val_size: int = option(1000, "validation images held out from the start of the training split", min=0)
+    augment: bool = option(False, "reflect-pad 4 + random crop + horizontal flip")
     # model
-    model: str = "small_cnn"             # lenet5 | small_cnn | wrn28_4 | mlp800
+    model: str = option("small_cnn", "model: a registered name or module:callable")
     # objective
-    method: str = "standard"             # standard | pgd | mma | trades | amm
-    norm: str = "linf"
-    eps: float = 0.3                     # PGD-AT radius
-    pgdls_steps: int = 0                 # PGDLS: eps grows linearly over this many steps (0 = off)
-    attack_steps: int = 40               # PGD steps inside PGD-AT and AN-PGD
-    attack_loss: str = "ce"              # PGD-AT: loss its PGD ascends, ce | slm | cw | lm (paper presets: slm)
-    d_max: float = 0.45                  # MMA: largest margin trained for
-    eps_min: float = 0.1                 # MMA: initial radius and floor
-    clean_weight: float = 1.0 / 3.0      # MMA: 1/3; OMMA: 0
-    search_steps: int = 10               # MMA: line-search steps of AN-PGD
-    search: str = "bisect"               # MMA: bisect (paper) | secant (fewer passes, same resolution)
-    eps_inc: Optional[float] = None      # MMA: None = official bracket; a number = preprint bracket
-    refine: bool = False                 # MMA: second PGD at the radius found (preprint)
-    inner: str = "anpgd"                 # MMA: anpgd | ddn (L2 only)
-    ddn_gamma: float = 0.05              # MMA with inner=ddn: radius change per step
-    beta: float = 6.0                    # TRADES: weight of the KL term
-    attack_step: Optional[float] = None  # TRADES: step of the KL PGD (None = 2.5·eps/attack_steps)
-    amm_lam: float = 32.0                # AMM: λ
-    amm_c: float = 2.0                   # AMM: shrinkage on correct examples, λ·exp(−c‖r‖)
-    amm_d: float = 1.0                   # AMM: growth on misclassified ones, λ·exp(d‖r‖)
-    amm_top_k: int = 10
-    amm_iters: int = 5
-    amm_overshoot: float = 0.02
-    amm_aggregation: str = "avg"         # avg | min
-    amm_grad_eps: float = 1e-5
+    method: str = option("standard", "training method; its options are in the [method] table",
+                         choices=lambda: method_names())
+    norm: str = option("linf", "threat model of training and evaluation", choices=lambda: tuple(NORMS))
     # optimisation
-    optimizer: str = "adam"              # adam | sgd
-    lr: float = 1e-4
-    lr_milestones: list = field(default_factory=list)   # steps at which lr_values take over
-    lr_values: list = field(default_factory=list)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0               # 0 = off
-    batch_size: int = 50
-    steps: int = 100_000
+    optimizer: str = option("adam", "optimizer", choices=("adam", "sgd"))
+    lr: float = option(1e-4, "learning rate until the first milestone", min=0)
+    lr_milestones: list = option(help="steps at which lr_values take over", default_factory=list)
+    lr_values: list = option(help="learning rates from each milestone on", default_factory=list)
+    momentum: float = option(0.9, "SGD momentum", min=0)
+    weight_decay: float = option(0.0, "weight decay", min=0)
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0 = off)", min=0)
+    batch_size: int = option(50, "examples per step (over all processes)", positive=True)
+    steps: int = option(100_000, "training steps", positive=True)
     # evaluation during training (on the validation split)
-    eval_every: int = 5000
-    eval_size: int = 0                   # 0 = the whole validation split
-    eval_batch_size: int = 500
-    val_pgd_eps: float = 0.3
-    val_pgd_step: float = 0.01
-    val_pgd_steps: int = 40
-    margin_eps_max: float = 0.5          # cap of the validation margin estimate (MMA presets: 1.05·d_max)
-    margin_eps_init: Optional[float] = None   # radius of its PGD (None = margin_eps_max/2; MMA presets: val_pgd_eps)
-    margin_attack_loss: str = "lm"       # loss of its PGD, lm | slm (MMA presets: slm, as the official trainer)
-    margin_steps: int = 20               # PGD steps of the validation margin estimate
+    eval_every: int = option(5000, "steps between validation passes (and checkpoints)", positive=True)
+    eval_size: int = option(0, "validation examples per pass (0 = the whole validation split)", min=0)
+    eval_batch_size: int = option(500, "batch size of the validation pass", positive=True)
+    val_pgd_eps: float = option(0.3, "radius of the validation PGD", min=0)
+    val_pgd_step: float = option(0.01, "step of the validation PGD", min=0)
+    val_pgd_steps: int = option(40, "steps of the validation PGD", positive=True)
+    margin_eps_max: float = option(0.5, "cap of the validation margin estimate (MMA presets: 1.05·d_max)", min=0)
+    margin_eps_init: Optional[float] = option(None, "radius of its PGD (none = margin_eps_max/2; MMA presets: "
+                                                    "val_pgd_eps)", positive=True)
+    margin_attack_loss: str = option("lm", "loss of its PGD (MMA presets: slm, as the official trainer)",
+                                     choices=("lm", "slm"))
+    margin_steps: int = option(20, "PGD steps of the validation margin estimate", positive=True)
     # run
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"                     # off | bf16 (CUDA only: model arithmetic in bf16, attacks stay float32)
-    channels_last: bool = False          # conv nets in channels_last layout (faster on CPU and GPU)
-    compile: bool = False                # CUDA only: torch.compile the model
-    cuda_graphs: bool = False            # CUDA only: replay the attacks' PGD loops as CUDA graphs
+    seed: int = option(0, "seed of everything: weights, batches, attacks")
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    amp: str = option("off", "CUDA only: model arithmetic in bf16, attacks stay float32", choices=("off", "bf16"))
+    channels_last: bool = option(False, "conv nets in channels_last layout (faster on CPU and GPU)")
+    compile: bool = option(False, "CUDA only: torch.compile the model")
+    cuda_graphs: bool = option(False, "CUDA only: replay the attacks' PGD loops as CUDA graphs")
+    # the method's options; None = its defaults
+    options: Optional[Options] = dataclasses.field(default=None, metadata={"help": "", "table": True})
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = self.method_class().Options()
+
+    def method_class(self) -> type[Method]:
+        return get_method(self.method)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: a method option read by name
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Shared keys, and the method's options as a nested dict under the method's name."""
+        out = {k: getattr(self, k) for k in SHARED}
+        out[self.method] = self.options.to_dict() if self.options is not None else {}
+        return out
 
 
-_HINTS = get_type_hints(Config)
-KEYS = [f.name for f in fields(Config)]
-CHOICES = {
-    "dataset": ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100"),
-    "model": ("lenet5", "small_cnn", "wrn28_4", "mlp800"),
-    "method": ("standard", "pgd", "mma", "trades", "amm"),
-    "inner": ("anpgd", "ddn"),
-    "amm_aggregation": ("avg", "min"),
-    "norm": ("linf", "l2"),
-    "optimizer": ("adam", "sgd"),
-    "search": ("bisect", "secant"),
-    "attack_loss": ("ce", "slm", "cw", "lm"),
-    "margin_attack_loss": ("lm", "slm"),
-    "device": ("auto", "cpu", "cuda"),
-    "amp": ("off", "bf16"),
-}
-NON_NEGATIVE = ("eps", "pgdls_steps", "d_max", "eps_min", "lr", "momentum", "weight_decay",
-                "grad_clip", "val_pgd_eps", "val_pgd_step", "margin_eps_max", "eval_size", "val_size",
-                "search_steps", "eps_inc", "ddn_gamma", "beta", "attack_step", "amm_lam",
-                "amm_c", "amm_d", "amm_overshoot", "amm_grad_eps")
-POSITIVE_INTS = ("amm_top_k", "amm_iters")
-POSITIVE = ("batch_size", "steps", "eval_every", "eval_batch_size", "margin_steps", "val_pgd_steps", "attack_steps")
-
-
-def _base_type(key: str) -> tuple[type, bool]:
-    hint = _HINTS[key]
-    if get_origin(hint) is Union:
-        args = [a for a in get_args(hint) if a is not type(None)]
-        return args[0], True
-    return (list if get_origin(hint) is list or hint is list else hint), False
-
-
-def parse_value(key: str, text: str) -> Any:
-    """Parse the text of ``--set key=value`` by the key's type."""
-    if key not in _HINTS:
-        raise UserError(f"unknown config key {key!r}; see the keys in any config.toml or `maxmargin presets`")
-    typ, optional = _base_type(key)
-    raw = text.strip()
-    if optional and raw.lower() in ("none", "null", ""):
-        return None
-    try:
-        if typ is bool:
-            low = raw.lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if typ is int:
-            return int(raw)
-        if typ is float:
-            return float(raw)
-        if typ is list:
-            return [float(v) for v in raw.strip("[]").split(",") if v.strip()]
-        return raw
-    except ValueError:
-        raise UserError(f"--set {key}={text}: expected a value of type {typ.__name__}") from None
+SHARED: dict[str, KeyInfo] = {k: v for k, v in key_infos(Config).items() if k != "options"}
 
 
 def check(cfg: Config) -> Config:
-    """Reject values no run can use; the message names the key."""
-    for key in KEYS:
-        value = getattr(cfg, key)
-        typ, optional = _base_type(key)
-        if value is None and optional:
-            continue
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-            setattr(cfg, key, value)
-        if typ is list and isinstance(value, list):
-            continue
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise UserError(f"config key {key!r} must be of type {typ.__name__}, got {value!r}")
-        if typ is float and not math.isfinite(value):
-            raise UserError(f"config key {key!r} must be finite, got {value!r}")
-    for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise UserError(f"config key {key!r} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    for key in NON_NEGATIVE:
-        v = getattr(cfg, key)
-        if v is not None and v < 0:
-            raise UserError(f"config key {key!r} must be >= 0, got {v!r}")
-    for key in POSITIVE + POSITIVE_INTS:
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"config key {key!r} must be > 0, got {getattr(cfg, key)!r}")
+    """Validate every key (types, choices, ranges, the method's options against the norm); returns ``cfg``."""
+    for key, info in SHARED.items():
+        setattr(cfg, key, coerce(info, getattr(cfg, key), f"config key {key!r}"))
+    if cfg.model not in model_names() and not is_model_spec(cfg.model):
+        raise UserError(f"config key 'model' must be one of {', '.join(model_names())} or a module:callable "
+                        f"spec, got {cfg.model!r}")
     if len(cfg.lr_milestones) != len(cfg.lr_values):
         raise UserError("lr_milestones and lr_values must have the same length")
-    if cfg.margin_eps_init is not None and not cfg.margin_eps_init > 0:
-        raise UserError(f"config key 'margin_eps_init' must be > 0 (or none), got {cfg.margin_eps_init!r}")
-    if not 0.0 <= cfg.clean_weight <= 1.0:
-        raise UserError(f"config key 'clean_weight' must lie in [0, 1], got {cfg.clean_weight}")
-    if cfg.method == "mma" and cfg.inner == "ddn" and cfg.norm != "l2":
-        raise UserError("inner=ddn is an L2 attack: set norm=l2 or inner=anpgd")
-    if cfg.method == "mma" and cfg.eps_min > cfg.d_max:
-        raise UserError(f"eps_min ({cfg.eps_min}) must not exceed d_max ({cfg.d_max})")
+    cls = cfg.method_class()
+    if not isinstance(cfg.options, cls.Options):
+        raise UserError(f"the options of method {cfg.method!r} must be {cls.Options.__name__}, "
+                        f"got {type(cfg.options).__name__}")
+    cfg.options.check_run(cfg.norm)
     return cfg
 
 
-def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+def method_keys(method: str) -> dict[str, KeyInfo]:
+    """The options of ``method``, by name."""
+    return key_infos(get_method(method).Options)
+
+
+def _legacy_method_keys() -> set[str]:
+    """Keys of any method, as files of the flat format listed them (every method's, whatever the run)."""
+    out: set[str] = set()
+    for name in method_names():
+        cls = get_method(name)
+        out |= set(key_infos(cls.Options)) | set(cls.legacy_keys)
+    return out
+
+
+def from_dict(values: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """A config from ``values`` on top of ``base``: the table format, or the flat one of older runs.
+
+    ``values[method]`` (a table) holds the method's options. In the flat
+    format the method's keys sit beside the shared ones, under their option
+    names or their ``legacy_keys``; keys of other methods, which those files
+    listed too, are dropped. ``source`` names the file in errors.
+    """
     cfg = dataclasses.replace(base) if base is not None else Config()
+    method = values.get("method", cfg.method)
+    if not isinstance(method, str):
+        raise UserError(f"{source}: key 'method' must be a string, got {method!r}")
+    cls = get_method(method)
+    if method != cfg.method:
+        cfg.method, cfg.options = method, _switch_options(cfg.options, cls)
+    own = key_infos(cls.Options)
+    updates: dict[str, Any] = {}
+    legacy = None
     for key, value in values.items():
-        if key not in _HINTS:
-            raise UserError(f"unknown config key {key!r}")
-        setattr(cfg, key, value)
+        if key in SHARED:
+            setattr(cfg, key, value)
+        elif key == method and isinstance(value, dict):
+            for k, v in value.items():
+                if k not in own:
+                    raise UserError(f"{source}: [{method}] has no option {k!r}; valid: {', '.join(own)}")
+                updates[k] = v
+        elif isinstance(value, dict):
+            raise UserError(f"{source}: table [{key}] does not belong to method {method!r}")
+        elif key in own:
+            updates[key] = value
+        elif key in cls.legacy_keys:
+            updates[cls.legacy_keys[key]] = value
+        else:
+            legacy = _legacy_method_keys() if legacy is None else legacy
+            if key not in legacy:
+                raise UserError(f"{source}: unknown config key {key!r}")
+    if updates:
+        cfg.options = _replace_options(cfg.options, updates, source)
     return cfg
 
 
-# ---------------------------------------------------------------- presets
+def _switch_options(old: Options | None, cls: type[Method]) -> Options:
+    """Defaults of the new method, keeping the values of options both methods have (eps, steps...)."""
+    own = key_infos(cls.Options)
+    kept = {k: v for k, v in (old.to_dict() if old is not None else {}).items() if k in own}
+    try:
+        return cls.Options(**kept)
+    except UserError:
+        return cls.Options()
 
-def _preset_dir():
+
+def _replace_options(options: Options | None, updates: dict[str, Any], source: str) -> Options:
+    assert options is not None
+    try:
+        return dataclasses.replace(options, **updates)  # type: ignore[type-var]
+    except TypeError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
+    """``--set key=value`` pairs on top of ``cfg`` (a new config; ``method`` first, options together).
+
+    ``key`` is a shared key, one of the method's options, ``METHOD.option``,
+    or a key of the flat format (``attack_steps``); anything else is a
+    :class:`UserError` that lists the run's keys.
+    """
+    parsed: list[tuple[str, str]] = []
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r}: expected key=value")
+        key, text = pair.split("=", 1)
+        parsed.append((key.strip(), text))
+    out = dataclasses.replace(cfg)
+    for key, text in parsed:
+        if key == "method":
+            out = from_dict({"method": parse_text(SHARED["method"], text, "--set method")}, out, "--set")
+    cls = out.method_class()
+    own = key_infos(cls.Options)
+    shared: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, text in parsed:
+        if key == "method":
+            continue
+        table, _, name = key.rpartition(".")
+        if table and table != out.method:
+            raise UserError(f"--set {key}: this run's method is {out.method!r}, not {table!r}")
+        if not table and name in SHARED:
+            shared[name] = parse_text(SHARED[name], text, f"--set {name}")
+            continue
+        name = cls.legacy_keys.get(name, name)
+        if name not in own:
+            raise UserError(f"--set {key}: not a key of this run; shared keys: {', '.join(SHARED)}; "
+                            f"{out.method} options: {', '.join(own) or '(none)'}")
+        options[name] = parse_text(own[name], text, f"--set {key}")
+    for key, value in shared.items():
+        setattr(out, key, value)
+    if options:
+        out.options = _replace_options(out.options, options, "--set")
+    return check(out)
+
+
+# ---------------------------------------------------------------- presets and files
+
+def _preset_dir():  # type: ignore[no-untyped-def]
     return resources.files("maxmargin") / "presets"
 
 
@@ -209,24 +260,31 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in _preset_dir().iterdir() if p.name.endswith(".toml"))
 
 
+def quick_methods() -> list[str]:
+    """What ``quickstart --methods`` takes: every X with a CPU-scale preset ``quick-X``."""
+    return [n[len("quick-"):] for n in preset_names() if n.startswith("quick-")]
+
+
 def load_preset(name: str) -> Config:
+    """The preset ``name`` (``maxmargin presets`` lists them); a :class:`UserError` suggests close names."""
     path = _preset_dir() / f"{name}.toml"
     if not path.is_file():
         names = preset_names()
         close = [n for n in names if name.split("-")[0] in n][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(f"unknown preset {name!r}{hint}; `maxmargin presets` lists them")
-    return check(from_dict(tomllib.loads(path.read_text()), Config(name=name)))
+    return check(from_dict(tomllib.loads(path.read_text()), Config(name=name), f"preset {name}"))
 
 
 def load_toml(path: Path) -> Config:
+    """A config file (a run's ``config.toml`` or a preset file), either format."""
     try:
         values = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML ({e}); fix or delete it") from None
-    return check(from_dict(values))
+    return check(from_dict(values, source=str(path)))
 
 
 def _toml_value(v: Any) -> str:
@@ -240,37 +298,33 @@ def _toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
-# Keys that only one objective reads: a run's config.toml lists its own and leaves out the others'.
-METHOD_KEYS = {
-    "pgd": ("eps", "pgdls_steps", "attack_loss"),
-    "mma": ("d_max", "eps_min", "clean_weight", "search_steps", "search", "eps_inc", "refine", "inner",
-            "ddn_gamma"),
-    "trades": ("eps", "beta", "attack_step"),
-    "amm": tuple(k for k in KEYS if k.startswith("amm_")),
-}
-ATTACKING = ("pgd", "mma", "trades")     # methods whose inner attack reads attack_steps
-
-
-def unused_keys(method: str) -> set[str]:
-    """Keys of other objectives, which a run of ``method`` never reads."""
-    own = set(METHOD_KEYS.get(method, ())) | ({"attack_steps"} if method in ATTACKING else set())
-    others = {k for keys in METHOD_KEYS.values() for k in keys} | {"attack_steps"}
-    return others - own
+def _toml_lines(values: dict[str, Any]) -> list[str]:
+    return [f"# {k} = none" if v is None else f"{k} = {_toml_value(v)}" for k, v in values.items()]
 
 
 def to_toml(cfg: Config) -> str:
-    """TOML text of the resolved config: every key the run reads (``None`` values as comments).
-
-    Other objectives' keys are left out; loading the file gives them their
-    defaults, which the run never reads.
-    """
-    lines = []
-    skip = unused_keys(cfg.method)
-    for key, value in cfg.to_dict().items():
-        if key in skip:
-            continue
-        lines.append(f"# {key} = none" if value is None else f"{key} = {_toml_value(value)}")
+    """TOML text of the resolved config: the shared keys, then the method's table (``None`` as comments)."""
+    d = cfg.to_dict()
+    table = d.pop(cfg.method)
+    lines = _toml_lines(d)
+    if table:
+        lines += ["", f"[{cfg.method}]", *_toml_lines(table)]
     return "\n".join(lines) + "\n"
+
+
+def describe(cfg: Config) -> str:
+    """The resolved config as TOML with each key's one-line meaning beside it (``maxmargin presets NAME``)."""
+    def block(values: dict[str, Any], infos: dict[str, KeyInfo]) -> list[str]:
+        rows = [(line, infos[k].describe()) for line, k in zip(_toml_lines(values), values)]
+        width = min(max((len(r[0]) for r in rows), default=0), 40)
+        return [f"{line:<{width}}  # {meaning}" if meaning else line for line, meaning in rows]
+
+    d = cfg.to_dict()
+    table = d.pop(cfg.method)
+    lines = block(d, SHARED)
+    if table:
+        lines += ["", f"[{cfg.method}]", *block(table, method_keys(cfg.method))]
+    return "\n".join(lines)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -278,3 +332,7 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+__all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names", "quick_methods",
+           "to_toml", "describe", "method_keys", "write_atomic", "option"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -214,11 +214,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 method.sync()
                 val = validate(unwrap(model), cfg, ds.val, rank, world)
-                mean_eps = float(method.eps.mean()) if isinstance(getattr(method, "eps", None), Tensor) else ""
                 last_row = {"step": done, "lr": lr, "loss": stats["loss"],
                             "train_acc": stats.get("acc", stats.get("adv_acc", "")), "val_acc": val.acc,
-                            "val_pgd_acc": val.pgd_acc, "val_margin": val.margin, "mean_eps": mean_eps,
-                            "seconds": round(time.perf_counter() - t0, 2)}
+                            "val_pgd_acc": val.pgd_acc, "val_margin": val.margin, "mean_eps": "",
+                            **method.metrics(), "seconds": round(time.perf_counter() - t0, 2)}
                 improved = val.margin > best
                 best = max(best, val.margin)
                 if dist_info.main:

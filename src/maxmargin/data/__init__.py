@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,38 +61,82 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
     return (x[:-DIGITS_TEST], y[:-DIGITS_TEST]), (x[-DIGITS_TEST:], y[-DIGITS_TEST:])
 
 
-def _read(name: str, root: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], int]:
-    if name == "digits":
-        if root is not None:   # silently training on the bundled digits instead would be worse
-            raise UserError(f"dataset 'digits' is bundled and reads no folder, but --data {root} was given; "
-                            "to read the IDX files there, add --set dataset=mnist (or dataset=fashion-mnist)")
-        train, test = _digits()
-        return train, test, 10
-    if name in ("mnist", "fashion-mnist"):
-        if root is None:
-            if name == "mnist":
-                raise UserError("dataset 'mnist' needs --data DIR (a folder with the four IDX files)")
-            root = Path(FASHION_MNIST_DIR)
-        if not root.is_dir():
-            hint = " (apt-get install dataset-fashion-mnist puts it there)" if str(root) == FASHION_MNIST_DIR else ""
-            raise UserError(f"data folder {root} does not exist{hint}")
-        return read_idx_split(root, "train"), read_idx_split(root, "t10k"), 10
-    if name == "cifar10":
-        if root is None:
-            raise UserError("dataset 'cifar10' needs --data DIR (the folder cifar-10-batches-py or its parent)")
-        if (root / "cifar-10-batches-py").is_dir():
-            root = root / "cifar-10-batches-py"
-        parts = [read_cifar_batch(root / f"data_batch_{i}", b"labels", 10) for i in range(1, 6)]
-        train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        return train, read_cifar_batch(root / "test_batch", b"labels", 10), 10
-    if name == "cifar100":
-        if root is None:
-            raise UserError("dataset 'cifar100' needs --data DIR (the folder cifar-100-python or its parent)")
-        if (root / "cifar-100-python").is_dir():
-            root = root / "cifar-100-python"
-        return (read_cifar_batch(root / "train", b"fine_labels", 100),
-                read_cifar_batch(root / "test", b"fine_labels", 100), 100)
-    raise UserError(f"unknown dataset {name!r}; choose digits, mnist, fashion-mnist, cifar10 or cifar100")
+Arrays = tuple[np.ndarray, np.ndarray]
+Reader = Callable[[Optional[Path]], tuple[Arrays, Arrays, int]]
+READERS: dict[str, Reader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Reader], Reader]:
+    """Decorator: ``reader(root) -> ((x_train, y_train), (x_test, y_test), num_classes)`` as ``dataset = "name"``.
+
+    Images are uint8 ``[N, C, H, W]``, labels integers; ``root`` is ``--data``
+    (``None`` when not given). Errors a user can fix are :class:`UserError`.
+    """
+    def add(reader: Reader) -> Reader:
+        READERS[name] = reader
+        return reader
+    return add
+
+
+def dataset_names() -> list[str]:
+    return list(READERS)
+
+
+@register_dataset("digits")
+def _read_digits(root: Path | None) -> tuple[Arrays, Arrays, int]:
+    if root is not None:   # silently training on the bundled digits instead would be worse
+        raise UserError(f"dataset 'digits' is bundled and reads no folder, but --data {root} was given; "
+                        "to read the IDX files there, add --set dataset=mnist (or dataset=fashion-mnist)")
+    train, test = _digits()
+    return train, test, 10
+
+
+def _idx(name: str, root: Path | None, default: Path | None) -> tuple[Arrays, Arrays, int]:
+    if root is None:
+        if default is None:
+            raise UserError(f"dataset {name!r} needs --data DIR (a folder with the four IDX files)")
+        root = default
+    if not root.is_dir():
+        hint = " (apt-get install dataset-fashion-mnist puts it there)" if str(root) == FASHION_MNIST_DIR else ""
+        raise UserError(f"data folder {root} does not exist{hint}")
+    return read_idx_split(root, "train"), read_idx_split(root, "t10k"), 10
+
+
+@register_dataset("mnist")
+def _read_mnist(root: Path | None) -> tuple[Arrays, Arrays, int]:
+    return _idx("mnist", root, None)
+
+
+@register_dataset("fashion-mnist")
+def _read_fashion(root: Path | None) -> tuple[Arrays, Arrays, int]:
+    return _idx("fashion-mnist", root, Path(FASHION_MNIST_DIR))
+
+
+@register_dataset("cifar10")
+def _read_cifar10(root: Path | None) -> tuple[Arrays, Arrays, int]:
+    if root is None:
+        raise UserError("dataset 'cifar10' needs --data DIR (the folder cifar-10-batches-py or its parent)")
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    parts = [read_cifar_batch(root / f"data_batch_{i}", b"labels", 10) for i in range(1, 6)]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return train, read_cifar_batch(root / "test_batch", b"labels", 10), 10
+
+
+@register_dataset("cifar100")
+def _read_cifar100(root: Path | None) -> tuple[Arrays, Arrays, int]:
+    if root is None:
+        raise UserError("dataset 'cifar100' needs --data DIR (the folder cifar-100-python or its parent)")
+    if (root / "cifar-100-python").is_dir():
+        root = root / "cifar-100-python"
+    return (read_cifar_batch(root / "train", b"fine_labels", 100),
+            read_cifar_batch(root / "test", b"fine_labels", 100), 100)
+
+
+def _read(name: str, root: Path | None) -> tuple[Arrays, Arrays, int]:
+    if name not in READERS:
+        raise UserError(f"unknown dataset {name!r}; choose {', '.join(READERS)}")
+    return READERS[name](root)
 
 
 def load_dataset(name: str, root: str | Path | None = None, val_size: int = 1000,
@@ -152,4 +197,5 @@ def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     return padded.permute(0, 2, 3, 1)[bidx, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-__all__ = ["Dataset", "Split", "load_dataset", "BatchStream", "augment", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "Split", "load_dataset", "register_dataset", "dataset_names", "BatchStream", "augment",
+           "FASHION_MNIST_DIR"]

@@ -1,29 +1,34 @@
-"""Training objectives: each has ``loss(model, x, y, index) -> (loss, stats)`` and ``state_dict()``."""
+"""Training objectives as plug-ins.
+
+Each method lives in its own file: a frozen options dataclass and a
+:class:`Method` subclass decorated with :func:`register`. The registry gives
+the command line its ``method`` choices, the config its per-method table,
+and the training loop the class to build; a method registered from a user's
+own code trains with the project's loop like the built-in ones.
+"""
 from __future__ import annotations
 
-from .amm import AMM
-from .base import Method
-from .mma import MMA
-from .pgd_at import PGDAT
+import importlib
+import pkgutil
+from typing import Any
+
+import torch
+
+from .base import Method, NoOptions, build, get_method, method_names, register
 from .standard import Standard
+from .pgd_at import PGDAT
+from .mma import MMA
 from .trades import TRADES
+from .amm import AMM
 
-__all__ = ["Method", "Standard", "PGDAT", "MMA", "TRADES", "AMM", "build_method"]
+# Every module of this package registers its method on import: a new method is one new file.
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
+
+__all__ = ["Method", "NoOptions", "register", "get_method", "method_names", "build", "build_method",
+           "Standard", "PGDAT", "MMA", "TRADES", "AMM"]
 
 
-def build_method(cfg, num_examples: int, device) -> Method:
-    """The objective a :class:`~maxmargin.config.Config` asks for."""
-    if cfg.method == "standard":
-        return Standard()
-    if cfg.method == "pgd":
-        return PGDAT(cfg.norm, cfg.eps, steps=cfg.attack_steps, ls_steps=cfg.pgdls_steps, attack_loss=cfg.attack_loss)
-    if cfg.method == "mma":
-        return MMA(cfg.norm, cfg.d_max, cfg.eps_min, cfg.attack_steps, num_examples,
-                   clean_weight=cfg.clean_weight, search_steps=cfg.search_steps, eps_inc=cfg.eps_inc,
-                   refine=cfg.refine, search=cfg.search, inner=cfg.inner, ddn_gamma=cfg.ddn_gamma, device=device)
-    if cfg.method == "trades":
-        return TRADES(cfg.norm, cfg.eps, cfg.attack_steps, beta=cfg.beta, step_size=cfg.attack_step)
-    if cfg.method == "amm":
-        return AMM(cfg.amm_lam, cfg.amm_c, cfg.amm_d, top_k=cfg.amm_top_k, iters=cfg.amm_iters,
-                   overshoot=cfg.amm_overshoot, aggregation=cfg.amm_aggregation, grad_eps=cfg.amm_grad_eps)
-    raise ValueError(f"unknown method {cfg.method!r}")
+def build_method(cfg: Any, num_examples: int, device: torch.device | str) -> Method:
+    """The objective a :class:`~maxmargin.config.Config` asks for, with its options and the run's norm."""
+    return build(cfg.method, cfg.options, norm=cfg.norm, num_examples=num_examples, device=device)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import unwrap
-from .base import Method
+from ..options import Options, option
+from .base import Method, register
 
 
 @contextmanager
@@ -112,6 +113,19 @@ def _deepfool_steps(model: nn.Module, x: Tensor, y: Tensor, r: Tensor, active: T
     return r
 
 
+@dataclass(frozen=True)
+class AMMOptions(Options):
+    lam: float = option(32.0, "λ, the weight of the penalty", min=0)
+    c: float = option(2.0, "shrinkage on correct examples, λ·exp(−c‖r‖)", min=0)
+    d: float = option(1.0, "growth on misclassified ones, λ·exp(d‖r‖)", min=0)
+    top_k: int = option(10, "candidate classes of DeepFool (top of the clean logits)", positive=True)
+    iters: int = option(5, "DeepFool iterations at most", positive=True)
+    overshoot: float = option(0.02, "DeepFool's overshoot", min=0)
+    aggregation: str = option("avg", "avg, or min (the authors' published recipe)", choices=("avg", "min"))
+    grad_eps: float = option(1e-5, "added to gradient norms (authors: 5e-6 MNIST, 1e-5 otherwise)", min=0)
+
+
+@register("amm")
 class AMM(Method):
     """CE plus the AMM penalty, averaged over the batch.
 
@@ -121,15 +135,13 @@ class AMM(Method):
     with ``"avg"``.
     """
 
-    name = "amm"
+    Options = AMMOptions
+    legacy_keys = {f"amm_{k}": k for k in ("lam", "c", "d", "top_k", "iters", "overshoot", "aggregation", "grad_eps")}
 
     def __init__(self, lam: float, c: float, d: float, top_k: int = 10, iters: int = 5, overshoot: float = 0.02,
                  aggregation: str = "avg", grad_eps: float = 1e-5) -> None:
         super().__init__()
-        if aggregation not in ("avg", "min"):
-            raise ValueError(f"aggregation must be 'avg' or 'min', got {aggregation!r}")
-        if lam < 0 or c < 0 or d < 0:
-            raise ValueError("lam, c and d must be >= 0")
+        AMMOptions(lam, c, d, top_k, iters, overshoot, aggregation, grad_eps)    # the checks, in one place
         self.lam, self.c, self.d = lam, c, d
         self.top_k, self.iters, self.overshoot, self.aggregation, self.grad_eps = (
             top_k, iters, overshoot, aggregation, grad_eps)

@@ -1,7 +1,8 @@
 """Max-Margin Adversarial (MMA) training (Ding et al., ICLR 2020); OMMA is ``clean_weight=0``."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,10 +11,41 @@ from torch import Tensor, nn
 from ..attacks.anpgd import anpgd_search
 from ..attacks.ddn import ddn_search
 from ..distributed import all_reduce, unwrap
+from ..errors import UserError
 from ..losses import soft_logit_margin
-from .base import Method
+from ..options import Options, option
+from .base import Method, register
 
 
+@dataclass(frozen=True)
+class MMAOptions(Options):
+    d_max: float = option(0.45, "largest margin trained for: examples at or beyond it leave the loss", positive=True)
+    eps_min: float = option(0.1, "initial radius of every example, and the floor of its AN-PGD start", min=0)
+    steps: int = option(40, "PGD steps inside AN-PGD", positive=True)
+    clean_weight: float = option(1.0 / 3.0, "weight c of the clean cross-entropy (MMA 1/3, OMMA 0)", min=0)
+    search_steps: int = option(10, "line-search evaluations of AN-PGD", min=0)
+    eps_max: Optional[float] = option(None, "top of the line search (none = 1.05·d_max, as the official code)",
+                                      positive=True)
+    eps_inc: Optional[float] = option(None, "none = official bracket [0, eps_max]; a number = the preprint's "
+                                            "bracket [eps, eps + eps_inc]", min=0)
+    refine: bool = option(False, "a second PGD at the radius found (preprint Algorithm 1)")
+    search: str = option("bisect", "AN-PGD's line search: bisect (paper) or secant (fewer passes, same resolution)",
+                         choices=("bisect", "secant"))
+    inner: str = option("anpgd", "the minimal-perturbation attack: anpgd, or ddn (L2 only)", choices=("anpgd", "ddn"))
+    ddn_gamma: float = option(0.05, "with inner=ddn: DDN's radius change per step", min=0)
+
+    def check(self) -> None:
+        if self.clean_weight > 1.0:
+            raise UserError(f"option 'clean_weight' must lie in [0, 1], got {self.clean_weight}")
+        if self.eps_min > self.d_max:
+            raise UserError(f"option 'eps_min' ({self.eps_min}) must not exceed d_max ({self.d_max})")
+
+    def check_run(self, norm: str) -> None:
+        if self.inner == "ddn" and norm != "l2":
+            raise UserError("inner=ddn is an L2 attack: set norm=l2 or inner=anpgd")
+
+
+@register("mma")
 class MMA(Method):
     """``L = c·CE_mean(clean) + (1 − c)·[Σ_{correct, ε_i < d_max} CE(x_i + δ_i) + Σ_{wrong} CE(x_i)] / B``.
 
@@ -34,21 +66,17 @@ class MMA(Method):
     with BatchNorm its batch statistics are those of all ``B`` points.
     """
 
-    name = "mma"
+    Options = MMAOptions
+    legacy_keys = {"attack_steps": "steps"}
 
     def __init__(self, norm: str, d_max: float, eps_min: float, steps: int, num_examples: int,
                  clean_weight: float = 1.0 / 3.0, search_steps: int = 10, eps_max: float | None = None,
                  eps_inc: float | None = None, refine: bool = False, search: str = "bisect",
                  inner: str = "anpgd", ddn_gamma: float = 0.05, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        if d_max <= 0 or eps_min < 0 or eps_min > d_max:
-            raise ValueError(f"need 0 <= eps_min <= d_max and d_max > 0, got eps_min={eps_min}, d_max={d_max}")
-        if not 0.0 <= clean_weight <= 1.0:
-            raise ValueError(f"clean_weight must lie in [0, 1], got {clean_weight}")
-        if inner not in ("anpgd", "ddn"):
-            raise ValueError(f"inner must be 'anpgd' or 'ddn', got {inner!r}")
-        if inner == "ddn" and norm != "l2":
-            raise ValueError("inner='ddn' is an L2 attack: use norm='l2' or inner='anpgd'")
+        # the checks, in one place
+        MMAOptions(d_max, eps_min, steps, clean_weight, search_steps, eps_max, eps_inc, refine, search, inner,
+                   ddn_gamma).check_run(norm)
         self.inner, self.ddn_gamma = inner, ddn_gamma
         self.norm, self.d_max, self.eps_min, self.steps = norm, d_max, eps_min, steps
         self.clean_weight, self.search_steps = clean_weight, search_steps
@@ -57,6 +85,9 @@ class MMA(Method):
         self.eps = torch.zeros(num_examples, device=device)
         # step of each example's last update (-1: never): lets ranks merge their memories
         self.updated = torch.full((num_examples,), -1, dtype=torch.int64, device=device)
+
+    def metrics(self) -> dict[str, float]:
+        return {"mean_eps": float(self.eps.mean())}
 
     def to(self, device) -> "MMA":
         self.eps = self.eps.to(device)

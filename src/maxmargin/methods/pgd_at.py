@@ -1,15 +1,29 @@
 """PGD adversarial training (Madry et al.), with the PGDLS linear ε schedule."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import pgd
 from ..distributed import unwrap
-from ..losses import get_loss
-from .base import Method
+from ..losses import LOSSES
+from ..options import Options, option
+from .base import Method, register
 
 
+@dataclass(frozen=True)
+class PGDATOptions(Options):
+    eps: float = option(0.3, "radius of the training PGD", min=0)
+    steps: int = option(40, "PGD steps per training step", positive=True)
+    ls_steps: int = option(0, "PGDLS: eps grows linearly over this many training steps (0 = off)", min=0)
+    step_size: Optional[float] = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
+    attack_loss: str = option("ce", "loss the PGD ascends (paper presets: slm)", choices=lambda: tuple(LOSSES))
+
+
+@register("pgd")
 class PGDAT(Method):
     """Cross-entropy at a PGD point of radius ``eps`` (random start, step ``2.5·ε/steps``).
 
@@ -19,14 +33,13 @@ class PGDAT(Method):
     trains its PGD baselines.
     """
 
-    name = "pgd"
+    Options = PGDATOptions
+    legacy_keys = {"attack_steps": "steps", "pgdls_steps": "ls_steps"}
 
     def __init__(self, norm: str, eps: float, steps: int = 40, ls_steps: int = 0,
                  step_size: float | None = None, attack_loss: str = "ce") -> None:
         super().__init__()
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        get_loss(attack_loss)    # a ValueError naming the allowed losses
+        PGDATOptions(eps, steps, ls_steps, step_size, attack_loss)    # the checks, in one place
         self.norm, self.eps, self.steps, self.ls_steps, self.step_size = norm, eps, steps, ls_steps, step_size
         self.attack_loss = attack_loss
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method
+from .base import Method, register
 
 
+@register("standard")
 class Standard(Method):
-    name = "standard"
+    """Mean cross-entropy on the clean batch; no options."""
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
         logits = model(x)

@@ -1,6 +1,9 @@
 """TRADES (Zhang et al., ICML 2019): CE(clean) + β·KL(f(x) ‖ f(x′)), x′ from a KL-maximizing PGD."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -8,7 +11,8 @@ from torch import Tensor, nn
 from ..attacks._common import frozen, input_grad
 from ..distributed import unwrap
 from ..norms import bcast, get_norm, per_example
-from .base import Method
+from ..options import Options, option
+from .base import Method, register
 
 
 def kl_divergence(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
@@ -38,13 +42,24 @@ def kl_pgd(model: nn.Module, x: Tensor, norm: str, eps: float, steps: int, step_
     return x_adv.detach()
 
 
+@dataclass(frozen=True)
+class TRADESOptions(Options):
+    eps: float = option(0.3, "radius of the KL-maximizing PGD", min=0)
+    steps: int = option(40, "steps of the KL-maximizing PGD", positive=True)
+    beta: float = option(6.0, "weight of the KL term", min=0)
+    step_size: Optional[float] = option(None, "step of the KL PGD (none = 2.5·eps/steps)", min=0)
+
+
+@register("trades")
 class TRADES(Method):
-    name = "trades"
+    """``CE(f(x), y) + β·KL(f(x) ‖ f(x′))``, ``x′`` from a PGD that maximizes the KL term."""
+
+    Options = TRADESOptions
+    legacy_keys = {"attack_steps": "steps", "attack_step": "step_size"}
 
     def __init__(self, norm: str, eps: float, steps: int, beta: float = 6.0, step_size: float | None = None) -> None:
         super().__init__()
-        if eps < 0 or beta < 0:
-            raise ValueError("eps and beta must be >= 0")
+        TRADESOptions(eps, steps, beta, step_size)    # the checks, in one place
         self.norm, self.eps, self.steps, self.beta = norm, eps, steps, beta
         self.step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
 
