@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
-from maxmargin.config import from_dict, load_preset, parse_value  # noqa: E402
+from maxmargin.config import apply_overrides, load_preset  # noqa: E402
 from maxmargin.methods import build_method  # noqa: E402
 from maxmargin.models import build_model  # noqa: E402
 from maxmargin.models.fast import apply_fast_paths  # noqa: E402
@@ -52,9 +52,7 @@ def main() -> None:
     set_cuda_graphs(args.cuda_graphs and dev.type == "cuda")
     for name in args.presets:
         cfg = load_preset(name)
-        if args.set:
-            pairs = [kv.split("=", 1) for kv in args.set]
-            cfg = from_dict({k: parse_value(k, v) for k, v in pairs}, base=cfg)
+        cfg = apply_overrides(cfg, args.set)
         c, side = SHAPES[cfg.dataset]
         torch.manual_seed(0)
         core = build_model(cfg.model, c, 10, side).to(dev)

@@ -82,8 +82,6 @@ def test_eval_and_margin_commands_on_a_binarizing_checkpoint(tmp_path, monkeypat
     from maxmargin.cli import main
 
     monkeypatch.setitem(models.MODELS, "binarized_cnn", lambda **kw: Binarized(SmallCNN(**kw)))
-    monkeypatch.setitem(__import__("maxmargin.config", fromlist=["CHOICES"]).CHOICES, "model",
-                        (*models.MODELS,))
     run = tmp_path / "run"
     assert main(["train", "--preset", "quick-standard", "--set", "model=binarized_cnn", "--out", str(run),
                  "--set", "steps=20", "--set", "eval_every=20", "--set", "eval_size=20", "--set",

@@ -37,6 +37,7 @@ from .methods import get_method, method_names
 from .methods.base import Method
 from .models import is_model_spec, model_names
 from .norms import NORMS
+from .plugins import import_plugins
 from .options import KeyInfo, Options, coerce, key_infos, option, parse_text
 
 
@@ -55,6 +56,8 @@ class Config:
     data_dir: Optional[str] = option(None, "dataset folder (--data)")
     val_size: int = option(1000, "validation images held out from the start of the training split", min=0)
     augment: bool = option(False, "reflect-pad 4 + random crop + horizontal flip")
+    plugins: str = option("", "your modules to import first (comma-separated): they register methods, models "
+                              "or datasets")
     # model
     model: str = option("small_cnn", "model: a registered name or module:callable")
     # objective
@@ -104,8 +107,10 @@ class Config:
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: a method option read by name
         options = self.__dict__.get("options")
-        if options is not None and name in {f.name for f in fields(options)}:
-            return getattr(options, name)
+        if options is not None:
+            name = get_method(self.__dict__["method"]).legacy_keys.get(name, name)    # cfg.attack_steps
+            if name in {f.name for f in fields(options)}:
+                return getattr(options, name)
         raise AttributeError(f"{type(self).__name__} has no key {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +163,10 @@ def from_dict(values: dict[str, Any], base: Config | None = None, source: str = 
     listed too, are dropped. ``source`` names the file in errors.
     """
     cfg = dataclasses.replace(base) if base is not None else Config()
+    plugins = values.get("plugins", cfg.plugins)
+    if not isinstance(plugins, str):
+        raise UserError(f"{source}: key 'plugins' must be a string of module names, got {plugins!r}")
+    import_plugins(plugins)     # before the method's name is looked up: it may be theirs
     method = values.get("method", cfg.method)
     if not isinstance(method, str):
         raise UserError(f"{source}: key 'method' must be a string, got {method!r}")
@@ -223,6 +232,9 @@ def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
         parsed.append((key.strip(), text))
     out = dataclasses.replace(cfg)
     for key, text in parsed:
+        if key == "plugins":
+            out = from_dict({"plugins": text}, out, "--set")
+    for key, text in parsed:
         if key == "method":
             out = from_dict({"method": parse_text(SHARED["method"], text, "--set method")}, out, "--set")
     cls = out.method_class()
@@ -230,7 +242,7 @@ def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
     shared: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, text in parsed:
-        if key == "method":
+        if key in ("method", "plugins"):
             continue
         table, _, name = key.rpartition(".")
         if table and table != out.method:

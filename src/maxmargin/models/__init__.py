@@ -7,18 +7,17 @@ and returns an ``nn.Module`` that maps ``[0, 1]`` inputs to logits (any
 normalization is a layer inside it). The spec is stored in the run's
 checkpoint, so ``maxmargin eval`` and ``maxmargin margin`` build the same
 model again; the module must be importable there too (the current folder is
-searched first, as ``python -m`` does).
+searched first, as ``python -m`` does). A module that calls
+:func:`register_model` on import can be named in the config's ``plugins``.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from typing import Callable
 
 from torch import nn
 
 from ..errors import UserError
+from ..plugins import import_user_module
 from .lenet5 import LeNet5
 from .small_cnn import SmallCNN
 from .wideresnet import PerImageStandardize, WideResNet
@@ -59,13 +58,7 @@ def is_model_spec(name: str) -> bool:
 
 def _import_spec(spec: str) -> ModelFactory:
     module, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:   # as `python -m` would: the user's module beside the run
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise UserError(f"model {spec!r}: cannot import module {module!r} ({e}); put it on PYTHONPATH "
-                        "or in the current folder") from None
+    obj = import_user_module(module, f"model {spec!r}")
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"model {spec!r}: module {module!r} has no {attr!r}")
