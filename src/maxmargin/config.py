@@ -254,7 +254,8 @@ def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
         if name not in own:
             raise UserError(f"--set {key}: not a key of this run; shared keys: {', '.join(SHARED)}; "
                             f"{out.method} options: {', '.join(own) or '(none)'}")
-        options[name] = parse_text(own[name], text, f"--set {key}")
+        # checked under the name the user typed (attack_steps), before the options check themselves
+        options[name] = coerce(own[name], parse_text(own[name], text, f"--set {key}"), f"--set {key}")
     for key, value in shared.items():
         setattr(out, key, value)
     if options:

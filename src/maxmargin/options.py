@@ -40,9 +40,15 @@ class KeyInfo:
     type: type
     optional: bool
     help: str
-    choices: tuple[Any, ...] | None
+    # a callable for choices from a registry: read when used, so that later registrations count
+    allowed: Sequence[Any] | Callable[[], Sequence[Any]] | None
     min: float | None
     positive: bool
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        allowed = self.allowed() if callable(self.allowed) else self.allowed
+        return tuple(allowed) if allowed is not None else None
 
     def describe(self) -> str:
         """The key's one-line meaning, with its choices when it has a fixed set."""
@@ -58,11 +64,7 @@ def key_infos(cls: type) -> dict[str, KeyInfo]:
         if not f.init:
             continue
         typ, optional = _base_type(hints[f.name])
-        choices = f.metadata.get("choices")
-        if callable(choices):
-            choices = choices()
-        out[f.name] = KeyInfo(f.name, typ, optional, f.metadata.get("help", ""),
-                              tuple(choices) if choices is not None else None,
+        out[f.name] = KeyInfo(f.name, typ, optional, f.metadata.get("help", ""), f.metadata.get("choices"),
                               f.metadata.get("min"), bool(f.metadata.get("positive", False)))
     return out
 
