@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .. import linesearch
 from ..linesearch import Bracket
-from ..losses import LossFn, get_loss
+from ..losses import LossFn, Objective, get_loss, get_objective
 from ..norms import Norm, bcast, get_norm, per_example
 from . import graphs
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen
@@ -139,9 +139,10 @@ def anpgd_search(
 
     ``criterion`` is the loss whose zero crossing is searched: ``"slm"`` (the
     paper, for training) or ``"lm"`` (the true decision boundary, for margin
-    estimation). The PGD ascends ``attack_loss`` (default: the criterion);
-    the official trainer's validation margin runs PGD on SLM and bisects on
-    LM. Examples at or past the crossing at ``x`` are not attacked,
+    estimation). The PGD ascends the objective ``attack_loss`` (default: the
+    criterion; any untargeted name of :func:`maxmargin.losses.get_objective`,
+    ``"kl"`` included: it reads the clean logits); the official trainer's
+    validation margin runs PGD on SLM and bisects on LM. Examples at or past the crossing at ``x`` are not attacked,
     nor are those with ``eps_max = 0``; ``eps_init`` is capped at ``eps_max``
     so every output lies inside the ``eps_max`` ball.
 
@@ -158,7 +159,10 @@ def anpgd_search(
     x, y, lo_box, hi_box = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
     crit = get_loss(criterion)
-    pgd_loss = crit if attack_loss is None else get_loss(attack_loss)
+    crit_obj = get_objective(criterion)      # the criterion as an objective: the refining PGD ascends it
+    pgd_loss = crit_obj if attack_loss is None else get_objective(attack_loss)
+    if pgd_loss.targeted:
+        raise ValueError(f"attack_loss must be untargeted: AN-PGD's y are the true labels, got {attack_loss!r}")
     e0 = per_example(eps_init, x, "eps_init")
     emax = per_example(eps_max, x, "eps_max")
     check_count(steps, "steps", 0)
@@ -182,7 +186,7 @@ def anpgd_search(
         idx = ((c0 < 0) & (emax > 0)).nonzero().squeeze(1)
         if idx.numel() == 0:
             return ANPGDResult(x_adv, eps_out, found_out, clean_logits)
-        xs, ys, emaxs = x[idx], y[idx], emax[idx]
+        xs, ys, emaxs, cs = x[idx], y[idx], emax[idx], clean_logits[idx]
         e0s = torch.minimum(e0[idx], emaxs)
         if bool((e0s <= 0).any()):
             raise ValueError("eps_init must be > 0 for examples that are attacked")
@@ -191,18 +195,18 @@ def anpgd_search(
         if eps_inc is None and search == "bisect":
             # the paper's form: a fixed-shape PGD + bisection, one CUDA graph when graphs are on
             body = _pgd_then_bisect(model, nrm, pgd_loss, crit, box, search_steps)
-            args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs)
+            args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs, cs)
             first = lambda t: check_labels(t, ys)   # noqa: E731
             tag = ("anpgd-bisect", nrm.name, pgd_loss, crit, box, search_steps)
             xa, eta, found = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
                               else body(list(args), steps, first))
         else:
-            xa, eta, found = _pgd_then_secant(model, xs, ys, c0[idx], nrm, e0s, emaxs, steps, step, pgd_loss,
+            xa, eta, found = _pgd_then_secant(model, xs, ys, cs, c0[idx], nrm, e0s, emaxs, steps, step, pgd_loss,
                                               crit, random_init, box, eps_inc, search, search_steps)
 
         if refine:
             step2 = 2.5 * eta / max(steps, 1)
-            xa = pgd_steps(model, xs, ys, nrm, eta, steps, step2, crit, random_init, lo_box, hi_box)
+            xa = pgd_steps(model, xs, ys, nrm, eta, steps, step2, crit_obj, random_init, lo_box, hi_box, cs)
 
         x_adv[idx] = xa
         eps_out[idx] = nrm.measure(xa - xs)
@@ -210,12 +214,13 @@ def anpgd_search(
     return ANPGDResult(x_adv, eps_out, found_out, clean_logits)
 
 
-def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float],
+def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: Objective, crit: LossFn, box: tuple[float, float],
                      search_steps: int):
     """PGD at ``eps_init`` then the bisection on ``[0, eps_max]`` along its direction: no host syncs."""
     def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor, Tensor]:
-        xs, ys, x0, e0s, step, emaxs = b
-        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first)
+        xs, ys, x0, e0s, step, emaxs, clean = b
+        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first,
+                      clean_logits=clean)
         u = (xa - xs) / bcast(e0s, xs)
         eta, found = line_search(model, xs, ys, u, torch.zeros_like(e0s), emaxs,
                                  torch.zeros_like(e0s, dtype=torch.bool), crit, search_steps, box)
@@ -223,13 +228,13 @@ def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn
     return body
 
 
-def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float]):
+def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: Objective, crit: LossFn, box: tuple[float, float]):
     """PGD at ``eps_init``, and ``crit`` at its last iterate (one step from the point returned): no host syncs."""
     def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor]:
-        xs, ys, x0, e0s, step = b
+        xs, ys, x0, e0s, step, clean = b
         seen: list[Tensor] = []
         xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first,
-                      lambda logits: seen.append(crit(logits, ys)))
+                      lambda logits: seen.append(crit(logits, ys)), clean_logits=clean)
         if not seen:    # no PGD step: the start itself
             with torch.no_grad():
                 seen.append(crit(model(xa), ys))
@@ -237,8 +242,8 @@ def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, 
     return body
 
 
-def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor, emaxs: Tensor,
-                     steps: int, step: Tensor, pgd_loss: LossFn, crit: LossFn, random_init: bool,
+def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, cs: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor,
+                     emaxs: Tensor, steps: int, step: Tensor, pgd_loss: Objective, crit: LossFn, random_init: bool,
                      box: tuple[float, float], eps_inc: float | None, search: str,
                      search_steps: int) -> tuple[Tensor, Tensor, Tensor]:
     """PGD, then the secant search, or the preprint's bracket (bisected or secant); the searches run eagerly."""
@@ -247,7 +252,7 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: 
         # The official bracket [0, eps_max] needs nothing verified at eps_init: PGD's last value,
         # one step from its returned point, places the first pair, and f(eps_init) costs no pass.
         body = _pgd_and_value(model, nrm, pgd_loss, crit, box)
-        args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step)
+        args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, cs)
         first = lambda t: check_labels(t, ys)   # noqa: E731
         tag = ("pgd-value", nrm.name, pgd_loss, crit, box)
         xa, f_near = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
@@ -258,7 +263,7 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: 
                                       crit, emaxs / 2 ** search_steps, box, 2 * search_steps,
                                       through=(e0s, f_near), first_half=FIRST_SPREAD * e0s)
         return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
-    xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
+    xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box, cs)
     u = (xa - xs) / bcast(e0s, xs)
     with torch.no_grad():
         f_e0 = crit(model(xa), ys)
