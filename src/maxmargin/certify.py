@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .attacks._common import Bounds, check_count, check_inputs, check_labels, frozen
 from .bounds import Region, margin_lower_bounds, trace
 from .distributed import gather_shards, shard
+from .linesearch import largest_proven
 from .losses import logit_margin
 from .norms import get_norm, per_example
 
@@ -85,11 +86,9 @@ def _bisect(nodes, x: Tensor, y: Tensor, clean: Tensor, scale: Tensor, cap: Tens
 
     ``L_j(r)``, the lower bound of ``f_y − f_j`` over the ``r``-ball, falls from
     the clean value ``L_j(0)`` as ``r`` grows; ``r`` is proven where every
-    ``L_j(r) > 0``. The bracket [proven, not proven] shrinks by a secant step
-    per class ``j``, taking the smallest root: exact in one step where each
-    ``L_j`` is linear in ``r`` (linear models), where a secant on ``min_j L_j``
-    would crawl along its kinks. Whenever one end has moved twice in a row
-    the next step bisects, so the bracket still halves every third step.
+    ``L_j(r) > 0``. The search is :func:`maxmargin.linesearch.largest_proven`:
+    a secant step per class ``j`` (the smallest root), bisecting whenever one
+    end of the bracket has moved twice in a row.
     """
     # A bound within rounding of 0 proves nothing: the sums behind it carry
     # float error of a few ulps of the logits' size, so demand a clear margin.
@@ -98,25 +97,7 @@ def _bisect(nodes, x: Tensor, y: Tensor, clean: Tensor, scale: Tensor, cap: Tens
     def bound(r: Tensor) -> Tensor:
         return margin_lower_bounds(nodes, Region(x, r, nrm, lo, hi), y, method) - slack
 
-    f_bad = bound(cap)
-    done = f_bad.amin(1) > 0
-    good, f_good = torch.zeros_like(cap), clean - slack
-    bad = cap.clone()
-    streak = torch.zeros_like(cap)         # +k: the proven end moved k times running, −k: the other end
-    for _ in range(steps - 1):
-        w = (bad - good)[:, None]
-        falls = (f_bad <= 0) & (f_good > f_bad)
-        roots = torch.where(falls, good[:, None] + w * f_good / (f_good - f_bad).clamp_min(1e-30), float("inf"))
-        # a hair inside the root, so that a linear L_j is proven there rather than rounded onto 0
-        secant = good + (1 - 1e-4) * (roots.amin(1).clamp(max=float(cap.max())) - good)
-        mid = torch.where(streak.abs() >= 2, (good + bad) / 2, torch.minimum(torch.maximum(secant, good), bad))
-        f = bound(mid)
-        ok = f.amin(1) > 0
-        streak = torch.where(ok, streak.clamp_min(0) + 1, streak.clamp_max(0) - 1)
-        streak = torch.where(streak.abs() > 2, streak.sign(), streak)
-        good, f_good = torch.where(ok, mid, good), torch.where(ok[:, None], f, f_good)
-        bad, f_bad = torch.where(ok, bad, mid), torch.where(ok[:, None], f_bad, f)
-    return torch.where(done, cap, good)
+    return largest_proven(bound, clean - slack, cap, steps)
 
 
 def certify_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, method: str = "crown",

@@ -10,7 +10,8 @@ crosses zero. Two brackets are supported:
   and with ``refine=True`` a second PGD at the radius found.
 
 The search runs under ``torch.no_grad`` in eval mode; one PGD and one search
-serve the whole batch.
+serve the whole batch. The searches themselves (bisection and secant) are
+:mod:`maxmargin.linesearch`'s; this module evaluates them along the ray.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..losses import LossFn, get_loss
+from .. import linesearch
+from ..linesearch import Bracket
+from ..losses import LossFn, Objective, get_loss, get_objective
 from ..norms import Norm, bcast, get_norm, per_example
 from . import graphs
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen
@@ -52,6 +55,16 @@ def _at(model: nn.Module, x: Tensor, y: Tensor, u: Tensor, eta: Tensor, crit: Lo
     return crit(model(torch.clamp(x + bcast(eta, x) * u, *box)), y)
 
 
+def ray(model: nn.Module, x: Tensor, y: Tensor, u: Tensor, crit: LossFn,
+        box: tuple[float, float]) -> linesearch.Evaluate:
+    """``crit`` at ``clamp(x + η·u)`` as a function of the step, for :mod:`maxmargin.linesearch`."""
+    def evaluate(eta: Tensor, rows: Tensor | None) -> Tensor:
+        if rows is None:
+            return _at(model, x, y, u, eta, crit, box)
+        return _at(model, x[rows], y[rows], u[rows], eta, crit, box)
+    return evaluate
+
+
 def line_search(
     model: nn.Module,
     x: Tensor,
@@ -67,17 +80,10 @@ def line_search(
     """Bisect ``η`` on ``crit(x + η·u) ≥ 0`` between ``lo`` (not adversarial) and ``hi``.
 
     Returns the final ``hi`` and whether an adversarial point was ever seen
-    (``found`` on entry says whether ``hi`` is known to be adversarial).
+    (``found`` on entry says whether ``hi`` is known to be adversarial). See
+    :func:`maxmargin.linesearch.bisect`.
     """
-    found = found.clone()
-    with torch.no_grad():
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            adv = _at(model, x, y, u, mid, crit, box) >= 0
-            hi = torch.where(adv, mid, hi)
-            lo = torch.where(adv, lo, mid)
-            found |= adv
-    return hi, found
+    return linesearch.bisect(ray(model, x, y, u, crit, box), lo, hi, found, steps)
 
 
 def secant_search(
@@ -98,99 +104,16 @@ def secant_search(
     first_half: Tensor | None = None,
     spread: float = 0.05,
 ) -> tuple[Tensor, Tensor, int]:
-    """Regula falsi on ``crit`` values, two points per example per pass, to the bisection's resolution.
+    """The secant search of :func:`maxmargin.linesearch.secant` on ``crit(x + η·u)``, ``η ∈ [lo, hi]``.
 
-    Needs ``f_lo < 0``. ``known`` says where ``hi`` is verified (``f_hi ≥ 0``);
-    elsewhere ``f_hi`` is ignored and the crossing is extrapolated along the
-    line through ``(lo, f_lo)`` and ``through = (η, value)`` (default: ``η = 0``
-    with value ``f_lo``; later the last two points found short) until a
-    point reaches it or ``hi`` itself is found short. The value at ``through``
-    may be an estimate: it only places the first points. A row stops once
-    ``hi − lo ≤ tol``.
-
-    Each pass evaluates, for every unfinished row, a pair of points around the
-    interpolated crossing: ``±first_half`` (default ``spread·width``) on the
-    first pass, ``±tol/2`` after it (inside the first pair's narrow bracket
-    the interpolation is closer than that, so the second pair usually closes
-    the row). A row whose bracket did not halve next takes its pair at the
-    chord's estimate and at the one from the line through its last pair (on a
-    convex or concave stretch they fall on either side of the crossing), or a
-    ``±spread·width`` pair where that line says nothing; after two such passes
-    running, a pair at its midpoint. On the batch sizes of training a pass
-    costs mostly its fixed part: two points per pass reach the resolution in
-    about 3 passes where one point per pass took 10 to 13
-    (``benchmarks/RESULTS.md``). Returns ``hi``, ``found`` and the number of
-    example-evaluations spent.
+    Needs ``f_lo < 0``; ``known`` says where ``hi`` is verified (``f_hi ≥ 0``).
+    On the batch sizes of training a pass costs mostly its fixed part: two
+    points per pass reach the bisection's resolution in about 3 passes where
+    one point per pass took 10 to 13 (``benchmarks/RESULTS.md``). Returns
+    ``hi``, ``found`` and the number of example-evaluations spent.
     """
-    lo, hi, f_lo, f_hi, known = lo.clone(), hi.clone(), f_lo.clone(), f_hi.clone(), known.clone()
-    # where hi is unverified: the line through (s_eta, s_f) and (lo, f_lo) is extrapolated
-    s_eta, s_f = (torch.zeros_like(lo), f_lo.clone()) if through is None else (through[0].clone(), through[1].clone())
-    stalls = torch.zeros_like(lo, dtype=torch.int8)    # passes running that did not halve the bracket
-    last = torch.stack([lo, hi], 1)                     # the last pair evaluated and its values
-    f_last = torch.stack([f_lo, f_lo], 1)              # (read only after a row's first pass)
-    spent = 0
-    with torch.no_grad():
-        for k in range(max_passes):
-            act = torch.where(known, hi - lo > tol, lo < hi).nonzero().squeeze(1)
-            n = act.numel()
-            if n == 0:
-                break
-            a_lo, a_hi, a_flo, a_fhi, a_known = lo[act], hi[act], f_lo[act], f_hi[act], known[act]
-            a_tol, width = tol[act], hi[act] - lo[act]
-            inside = a_lo - a_flo * width / (a_fhi - a_flo)
-            slope = (a_flo - s_f[act]) / (a_lo - s_eta[act])
-            beyond = torch.where(slope > 0, a_lo - a_flo / slope, a_hi)
-            r = torch.where(a_known, inside, beyond)
-            # a row that stalled twice running (or has no finite estimate) is bisected
-            r = torch.where(torch.isfinite(r) & (stalls[act] < 2), r, (a_lo + a_hi) / 2)
-            r = torch.minimum(torch.maximum(r, a_lo), a_hi)
-            wide = torch.maximum(spread * width, 0.495 * a_tol)
-            if k == 0 and first_half is not None:
-                wide = torch.maximum(first_half[act], 0.495 * a_tol)
-            half = torch.where((stalls[act] > 0) | (k == 0), wide, 0.495 * a_tol)
-            p2 = torch.minimum(r + half, a_hi)
-            p1 = torch.maximum(r - half, a_lo)
-            # A pair that fell on one side of the crossing leaves the chord's estimate on that side
-            # of a convex or concave stretch; the line through that pair lands on the other side.
-            # Next time the pair goes at those two estimates (or around them, when they agree).
-            (la, lb), (fa, fb) = last[act].unbind(1), f_last[act].unbind(1)
-            local = lb - fb * (lb - la) / (fb - fa)
-            straddle = (stalls[act] == 1) & a_known & torch.isfinite(local) & (local > a_lo) & (local < a_hi)
-            s1, s2 = torch.minimum(inside, local), torch.maximum(inside, local)
-            agree = s2 - s1 < 0.99 * a_tol
-            mid = (s1 + s2) / 2
-            s1 = torch.where(agree, mid - 0.495 * a_tol, s1)
-            s2 = torch.where(agree, mid + 0.495 * a_tol, s2)
-            p1 = torch.where(straddle, torch.maximum(s1, a_lo), p1)
-            p2 = torch.where(straddle, torch.minimum(s2, a_hi), p2)
-            # a point pushed onto an end is of no use there: it goes halfway to the other one
-            p1 = torch.where(p1 <= a_lo, (a_lo + p2) / 2, p1)
-            # where hi is unverified, a top point within tol of it is taken at hi: that settles the row
-            p2 = torch.where(~a_known & (a_hi - p2 <= a_tol), a_hi, p2)
-            p2 = torch.where(a_known & (p2 >= a_hi), (p1 + a_hi) / 2, p2)
-            pts = torch.stack([p1, p2], 1)
-            rows = act.repeat_interleave(2)
-            f = _at(model, x[rows], y[rows], u[rows], pts.reshape(-1), crit, box).reshape(n, 2)
-            spent += 2 * n
-            last[act], f_last[act] = pts, f
-            adv = f >= 0
-            # the bracket's new ends: the nearest adversarial point, the farthest clean one below it
-            up = torch.where(adv, pts, torch.full_like(pts, float("inf"))).min(1)
-            down = torch.where(~adv & (pts < up.values[:, None]), pts, torch.full_like(pts, float("-inf"))).max(1)
-            move_hi = up.values < a_hi
-            move_lo = down.values > a_lo
-            short = ~adv.any(1) & ~a_known
-            s_eta[act] = torch.where(short, p1, s_eta[act])
-            s_f[act] = torch.where(short, f[:, 0], s_f[act])
-            hi[act] = torch.where(move_hi, up.values, a_hi)
-            f_hi[act] = torch.where(move_hi, f.gather(1, up.indices[:, None]).squeeze(1), a_fhi)
-            known[act] = a_known | move_hi
-            # an unverified row whose hi was evaluated short has nothing left to search
-            lo[act] = torch.where(short & (p2 >= a_hi), a_hi, torch.where(move_lo, down.values, a_lo))
-            f_lo[act] = torch.where(move_lo, f.gather(1, down.indices[:, None]).squeeze(1), a_flo)
-            halved = hi[act] - lo[act] <= width / 2
-            stalls[act] = torch.where(halved, 0, stalls[act] + 1).to(torch.int8)
-    return hi, known, spent
+    return linesearch.secant(ray(model, x, y, u, crit, box), Bracket(lo, hi, f_lo, f_hi, known), tol, max_passes,
+                             through=through, first_half=first_half, spread=spread)
 
 
 def anpgd_search(
@@ -216,9 +139,10 @@ def anpgd_search(
 
     ``criterion`` is the loss whose zero crossing is searched: ``"slm"`` (the
     paper, for training) or ``"lm"`` (the true decision boundary, for margin
-    estimation). The PGD ascends ``attack_loss`` (default: the criterion);
-    the official trainer's validation margin runs PGD on SLM and bisects on
-    LM. Examples at or past the crossing at ``x`` are not attacked,
+    estimation). The PGD ascends the objective ``attack_loss`` (default: the
+    criterion; any untargeted name of :func:`maxmargin.losses.get_objective`,
+    ``"kl"`` included: it reads the clean logits); the official trainer's
+    validation margin runs PGD on SLM and bisects on LM. Examples at or past the crossing at ``x`` are not attacked,
     nor are those with ``eps_max = 0``; ``eps_init`` is capped at ``eps_max``
     so every output lies inside the ``eps_max`` ball.
 
@@ -235,7 +159,10 @@ def anpgd_search(
     x, y, lo_box, hi_box = check_inputs(x, y, bounds)
     nrm = get_norm(norm)
     crit = get_loss(criterion)
-    pgd_loss = crit if attack_loss is None else get_loss(attack_loss)
+    crit_obj = get_objective(criterion)      # the criterion as an objective: the refining PGD ascends it
+    pgd_loss = crit_obj if attack_loss is None else get_objective(attack_loss)
+    if pgd_loss.targeted:
+        raise ValueError(f"attack_loss must be untargeted: AN-PGD's y are the true labels, got {attack_loss!r}")
     e0 = per_example(eps_init, x, "eps_init")
     emax = per_example(eps_max, x, "eps_max")
     check_count(steps, "steps", 0)
@@ -259,7 +186,7 @@ def anpgd_search(
         idx = ((c0 < 0) & (emax > 0)).nonzero().squeeze(1)
         if idx.numel() == 0:
             return ANPGDResult(x_adv, eps_out, found_out, clean_logits)
-        xs, ys, emaxs = x[idx], y[idx], emax[idx]
+        xs, ys, emaxs, cs = x[idx], y[idx], emax[idx], clean_logits[idx]
         e0s = torch.minimum(e0[idx], emaxs)
         if bool((e0s <= 0).any()):
             raise ValueError("eps_init must be > 0 for examples that are attacked")
@@ -268,18 +195,18 @@ def anpgd_search(
         if eps_inc is None and search == "bisect":
             # the paper's form: a fixed-shape PGD + bisection, one CUDA graph when graphs are on
             body = _pgd_then_bisect(model, nrm, pgd_loss, crit, box, search_steps)
-            args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs)
+            args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs, cs)
             first = lambda t: check_labels(t, ys)   # noqa: E731
             tag = ("anpgd-bisect", nrm.name, pgd_loss, crit, box, search_steps)
             xa, eta, found = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
                               else body(list(args), steps, first))
         else:
-            xa, eta, found = _pgd_then_secant(model, xs, ys, c0[idx], nrm, e0s, emaxs, steps, step, pgd_loss,
+            xa, eta, found = _pgd_then_secant(model, xs, ys, cs, c0[idx], nrm, e0s, emaxs, steps, step, pgd_loss,
                                               crit, random_init, box, eps_inc, search, search_steps)
 
         if refine:
             step2 = 2.5 * eta / max(steps, 1)
-            xa = pgd_steps(model, xs, ys, nrm, eta, steps, step2, crit, random_init, lo_box, hi_box)
+            xa = pgd_steps(model, xs, ys, nrm, eta, steps, step2, crit_obj, random_init, lo_box, hi_box, cs)
 
         x_adv[idx] = xa
         eps_out[idx] = nrm.measure(xa - xs)
@@ -287,12 +214,13 @@ def anpgd_search(
     return ANPGDResult(x_adv, eps_out, found_out, clean_logits)
 
 
-def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float],
+def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: Objective, crit: LossFn, box: tuple[float, float],
                      search_steps: int):
     """PGD at ``eps_init`` then the bisection on ``[0, eps_max]`` along its direction: no host syncs."""
     def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor, Tensor]:
-        xs, ys, x0, e0s, step, emaxs = b
-        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first)
+        xs, ys, x0, e0s, step, emaxs, clean = b
+        xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first,
+                      clean_logits=clean)
         u = (xa - xs) / bcast(e0s, xs)
         eta, found = line_search(model, xs, ys, u, torch.zeros_like(e0s), emaxs,
                                  torch.zeros_like(e0s, dtype=torch.bool), crit, search_steps, box)
@@ -300,13 +228,13 @@ def _pgd_then_bisect(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn
     return body
 
 
-def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, box: tuple[float, float]):
+def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: Objective, crit: LossFn, box: tuple[float, float]):
     """PGD at ``eps_init``, and ``crit`` at its last iterate (one step from the point returned): no host syncs."""
     def body(b: list[Tensor], steps: int, first=None) -> tuple[Tensor, Tensor]:
-        xs, ys, x0, e0s, step = b
+        xs, ys, x0, e0s, step, clean = b
         seen: list[Tensor] = []
         xa = pgd_loop(model, xs, ys, x0.clone(), nrm, e0s, steps, step, pgd_loss, box[0], box[1], first,
-                      lambda logits: seen.append(crit(logits, ys)))
+                      lambda logits: seen.append(crit(logits, ys)), clean_logits=clean)
         if not seen:    # no PGD step: the start itself
             with torch.no_grad():
                 seen.append(crit(model(xa), ys))
@@ -314,8 +242,8 @@ def _pgd_and_value(model: nn.Module, nrm: Norm, pgd_loss: LossFn, crit: LossFn, 
     return body
 
 
-def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor, emaxs: Tensor,
-                     steps: int, step: Tensor, pgd_loss: LossFn, crit: LossFn, random_init: bool,
+def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, cs: Tensor, f0: Tensor, nrm: Norm, e0s: Tensor,
+                     emaxs: Tensor, steps: int, step: Tensor, pgd_loss: Objective, crit: LossFn, random_init: bool,
                      box: tuple[float, float], eps_inc: float | None, search: str,
                      search_steps: int) -> tuple[Tensor, Tensor, Tensor]:
     """PGD, then the secant search, or the preprint's bracket (bisected or secant); the searches run eagerly."""
@@ -324,7 +252,7 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: 
         # The official bracket [0, eps_max] needs nothing verified at eps_init: PGD's last value,
         # one step from its returned point, places the first pair, and f(eps_init) costs no pass.
         body = _pgd_and_value(model, nrm, pgd_loss, crit, box)
-        args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step)
+        args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, cs)
         first = lambda t: check_labels(t, ys)   # noqa: E731
         tag = ("pgd-value", nrm.name, pgd_loss, crit, box)
         xa, f_near = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
@@ -335,7 +263,7 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, f0: Tensor, nrm: 
                                       crit, emaxs / 2 ** search_steps, box, 2 * search_steps,
                                       through=(e0s, f_near), first_half=FIRST_SPREAD * e0s)
         return torch.clamp(xs + bcast(eta, xs) * u, *box), eta, found
-    xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box)
+    xa = pgd_steps(model, xs, ys, nrm, e0s, steps, step, pgd_loss, random_init, lo_box, hi_box, cs)
     u = (xa - xs) / bcast(e0s, xs)
     with torch.no_grad():
         f_e0 = crit(model(xa), ys)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..losses import LossFn
+from ..losses import Objective
 from ..norms import Norm
 from ._common import check_labels
 from .steps import pgd_loop
@@ -163,12 +163,18 @@ def graphed(model: nn.Module, tag: tuple, body: Body, inputs: tuple[Tensor, ...]
 
 
 def graphed_pgd_loop(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, norm: Norm, eps: Tensor,
-                     steps: int, step: Tensor, loss_fn: LossFn, lo: float, hi: float,
-                     first_logits: Callable[[Tensor], None] | None = None) -> Tensor:
-    """:func:`pgd_loop` replayed from a CUDA graph captured on first use (``eps``, ``step``: shape ``[B]``)."""
-    def body(b: list[Tensor], k: int, first: Callable[[Tensor], None] | None = None) -> tuple[Tensor, ...]:
-        xx, yy, x0, e, st = b
-        return (pgd_loop(model, xx, yy, x0.clone(), norm, e, k, st, loss_fn, lo, hi, first),)
+                     steps: int, step: Tensor, objective: Objective, lo: float, hi: float,
+                     first_logits: Callable[[Tensor], None] | None = None,
+                     clean_logits: Tensor | None = None) -> Tensor:
+    """:func:`pgd_loop` replayed from a CUDA graph captured on first use (``eps``, ``step``: shape ``[B]``).
 
-    return graphed(model, ("pgd", norm.name, loss_fn, lo, hi), body, (x, y, x_adv.detach(), eps, step), steps,
-                   first_logits)[0]
+    ``clean_logits``, when given, are one more padded input: an objective that
+    reads them sees its own rows, padding rows included.
+    """
+    def body(b: list[Tensor], k: int, first: Callable[[Tensor], None] | None = None) -> tuple[Tensor, ...]:
+        xx, yy, x0, e, st, *clean = b
+        return (pgd_loop(model, xx, yy, x0.clone(), norm, e, k, st, objective, lo, hi, first,
+                         clean_logits=clean[0] if clean else None),)
+
+    inputs = (x, y, x_adv.detach(), eps, step) + (() if clean_logits is None else (clean_logits,))
+    return graphed(model, ("pgd", norm.name, objective, lo, hi), body, inputs, steps, first_logits)[0]

@@ -8,38 +8,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks._common import frozen, input_grad
+from ..attacks._common import frozen
+from ..attacks.steps import pgd_loop
 from ..distributed import unwrap
-from ..norms import bcast, get_norm, per_example
+from ..losses import get_objective, kl_divergence
+from ..norms import get_norm, per_example
 from ..options import Options, option
 from .base import Method, register
 
 
-def kl_divergence(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
-    """Per-example ``KL(f(x) ‖ f(x′))`` between the softmax distributions."""
-    p_log = F.log_softmax(clean_logits, dim=1)
-    q_log = F.log_softmax(adv_logits, dim=1)
-    return (p_log.exp() * (p_log - q_log)).sum(dim=1)
-
-
 def kl_pgd(model: nn.Module, x: Tensor, norm: str, eps: float, steps: int, step_size: float,
            bounds: tuple[float, float] = (0.0, 1.0), start_std: float = 0.001) -> Tensor:
-    """PGD maximizing ``KL(f(x) ‖ f(x′))`` from ``x′ = x + start_std·N(0, 1)``, in eval mode."""
+    """PGD maximizing ``KL(f(x) ‖ f(x′))`` from ``x′ = x + start_std·N(0, 1)``, in eval mode.
+
+    The iteration is the attacks' own (:func:`maxmargin.attacks.steps.pgd_loop`
+    on the ``"kl"`` objective, which reads the clean logits); only the start
+    is TRADES's: a small Gaussian, not a uniform draw in the ball.
+    """
     nrm = get_norm(norm)
     e = per_example(eps, x, "eps")
-    step = bcast(per_example(step_size, x, "step_size"), x)
+    step = per_example(step_size, x, "step_size")
     lo, hi = bounds
     x = x.detach()
     with frozen(model):
         with torch.no_grad():
-            target = model(x)
+            clean = model(x)
         x_adv = torch.clamp(x + nrm.project(start_std * torch.randn_like(x), e), lo, hi)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            g = input_grad(kl_divergence(target, model(x_adv)).sum(), x_adv)
-            d = x_adv.detach() + step * nrm.direction(g) - x
-            x_adv = torch.clamp(x + nrm.project(d, e), lo, hi)
-    return x_adv.detach()
+        # KL reads no labels: the clean prediction stands in for them
+        return pgd_loop(model, x, clean.argmax(1), x_adv, nrm, e, steps, step, get_objective("kl"), lo, hi,
+                        clean_logits=clean)
 
 
 @dataclass(frozen=True)
