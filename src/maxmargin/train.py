@@ -23,7 +23,7 @@ from .data import BatchStream, Dataset, Split, augment, load_dataset
 from .distributed import all_reduce, barrier, init_distributed, unwrap
 from .errors import UserError
 from .methods import build_method
-from .models.fast import apply_fast_paths
+from .models.fast_paths import apply_fast_paths
 
 METRICS = ["step", "lr", "loss", "train_acc", "val_acc", "val_pgd_acc", "val_margin", "mean_eps", "seconds"]
 
