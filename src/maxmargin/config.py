@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -273,8 +272,5 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# Atomic writes live in files.py; the old name stays importable from here.
+from .files import write_text_atomic as write_atomic  # noqa: E402,F401
