@@ -13,13 +13,11 @@ from .config import write_atomic
 from .data import load_dataset
 from .distributed import barrier, init_distributed
 from .errors import UserError
-from .evaluate import EvalResult, default_eps_grid, evaluate
+from .evaluate import EvalResult, evaluate
 from .certify import METHODS as CERTIFY_METHODS, certify_search
 from .margin import margin_search
+from .norm_tables import MARGIN_CAPS, default_eps_grid
 from .report import margin_stats, plot_margins, plot_sandwich, write_eval_report
-
-MARGIN_CAPS = {"linf": 0.5, "l2": 8.0}
-
 
 def run_dir_of(path: Path) -> Path:
     """A run directory, or the run directory a checkpoint file belongs to (else its folder)."""

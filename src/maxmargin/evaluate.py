@@ -1,4 +1,6 @@
-"""Robustness evaluation: protocols, transfer, per-example worst case over attacks, ε grids.
+"""Robustness evaluation: protocols, transfer, per-example worst case over attacks.
+
+The ε grids and other per-norm, per-dataset settings are in :mod:`maxmargin.norm_tables`.
 
 An example counts as robust at ε only if it is classified correctly and every
 attack of the protocol failed on it. Attacks run in sequence, each on the
@@ -17,26 +19,14 @@ from tqdm.auto import tqdm
 
 from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
-from .diagnostics import certificate_flags, dead_gradient_share, masking_flags, universal_eps
+from .diagnostics import certificate_flags, dead_gradient_share, masking_flags
 from .distributed import all_reduce, gather_shards, rank_world, shard
 from .errors import UserError
 from .margin import margin_search
+from .norm_tables import AUTOATTACK_NORMS, paper_step_ratio, universal_eps
 from .norms import get_norm, per_example
 
 PROTOCOLS = ("quick", "paper", "autoattack")
-
-# Default ε grids per (dataset, norm), as in the MMA paper's figures.
-EPS_GRIDS = {
-    ("mnist", "linf"): [0.1, 0.2, 0.3, 0.4, 0.5],
-    ("mnist", "l2"): [1.0, 2.0, 3.0, 4.0],
-    ("cifar10", "linf"): [4 / 255, 8 / 255, 12 / 255, 16 / 255, 20 / 255, 24 / 255, 28 / 255, 32 / 255],
-    ("cifar10", "l2"): [0.5, 1.0, 1.5, 2.0, 2.5],
-}
-
-
-def default_eps_grid(dataset: str, norm: str) -> list[float]:
-    family = "mnist" if dataset in ("digits", "mnist", "fashion-mnist") else "cifar10"
-    return list(EPS_GRIDS[(family, norm)])
 
 
 @dataclass
@@ -122,11 +112,6 @@ class EvalResult:
         return d
 
 
-def _pgd_step_ratio(norm: str, shape: tuple[int, ...]) -> float:
-    """The paper's step: ε/40 for MNIST-shaped L∞ inputs, ε/4 otherwise."""
-    return 1 / 40 if norm == "linf" and tuple(shape) == (1, 28, 28) else 1 / 4
-
-
 def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int, ...],
                    sources: Sequence[nn.Module], bounds: Bounds,
                    source_names: Sequence[str] | None = None) -> list[AttackSpec]:
@@ -148,7 +133,7 @@ def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int,
     if protocol == "autoattack":
         return [AttackSpec("autoattack", 0, 1, "white-box", _autoattack(model, norm, bounds))]
 
-    ratio = _pgd_step_ratio(norm, shape)
+    ratio = paper_step_ratio(norm, shape)
     specs = [AttackSpec("pgd-ce", 100, 5, "white-box", white("ce", 100, 5, ratio)),
              AttackSpec("pgd-cw", 100, 5, "white-box", white("cw", 100, 5, ratio)),
              AttackSpec("fgsm", 1, 1, "white-box",
@@ -191,7 +176,7 @@ def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
         e = float(eps.max())
         if not torch.allclose(eps, torch.full_like(eps, e)):
             raise UserError("AutoAttack takes one ε per call")
-        aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=e, version="standard", seed=0,
+        aa = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=e, version="standard", seed=0,
                         device=str(x.device))
         with frozen(model):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])

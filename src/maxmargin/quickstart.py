@@ -15,7 +15,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, load_preset, load_toml
 from .errors import UserError
 from .eval_run import eval_run
-from .evaluate import default_eps_grid
+from .norm_tables import default_eps_grid
 from .report import compare_runs
 from .train import train
 
