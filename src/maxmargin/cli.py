@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -191,15 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0 done, 2 the user's mistake, 1 a bug, 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError) as e:
-        print(f"maxmargin: error: {e}", file=sys.stderr)
+    except UserError as e:
+        # the user's to fix: one line naming the problem, no traceback to wade through
+        print(f"maxmargin: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("maxmargin: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # anything else is ours: the full traceback, so that it can be reported and fixed
+        traceback.print_exc()
+        print("maxmargin: internal error (a bug, not your input): please report it with the traceback above",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
