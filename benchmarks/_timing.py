@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from maxmargin.files import write_text_atomic
+
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Fastest wall time of ``fn`` over ``repeats`` runs, in seconds (CUDA-synchronized on a GPU).
@@ -38,8 +40,5 @@ def device_info(device: torch.device) -> dict:
 
 
 def write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
     print(f"wrote {path}")

@@ -23,7 +23,7 @@ from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
 from maxmargin.config import apply_overrides, load_preset  # noqa: E402
 from maxmargin.methods import build_method  # noqa: E402
 from maxmargin.models import build_model  # noqa: E402
-from maxmargin.models.fast import apply_fast_paths  # noqa: E402
+from maxmargin.models.fast_paths import apply_fast_paths  # noqa: E402
 from maxmargin.train import make_optimizer  # noqa: E402
 
 from _timing import device_info, write_json  # noqa: E402

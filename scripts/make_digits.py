@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from maxmargin.files import write_with
 
 SIDE = 28
 SEED = 0
@@ -53,9 +54,7 @@ def main() -> None:
         x, y = load_package(package)
     order = np.random.default_rng(SEED).permutation(len(y))
     x, y = x[order], y[order]
-    tmp_out = args.out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp_out, x=x, y=y)
-    os.replace(tmp_out, args.out)
+    write_with(args.out, lambda f: np.savez_compressed(f, x=x, y=y))
     counts = np.bincount(y, minlength=10)
     print(f"wrote {args.out}: {len(y)} digits, per class {counts.tolist()}")
 

@@ -183,7 +183,7 @@ def test_autoattack_protocol_when_installed(trained_small_cnn):
 
 
 def test_reproduce_quick_writes_one_report(tmp_path, monkeypatch):
-    import maxmargin.reproduce as rp
+    import maxmargin.commands.reproduce as rp
 
     monkeypatch.setattr(rp, "load_preset", tiny_preset)
     monkeypatch.setattr(rp, "GRID", [0.2])

@@ -9,7 +9,7 @@ import torch
 from maxmargin.attacks import anpgd, pgd
 from maxmargin.checkpoint import load_model
 from maxmargin.cli import main
-from maxmargin.models.fast import Autocast, apply_fast_paths
+from maxmargin.models.fast_paths import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
 
 from conftest import make_data, make_model

@@ -18,7 +18,7 @@ from maxmargin.checkpoint import load_model
 from maxmargin.cli import main
 from maxmargin.methods.mma import MMA
 from maxmargin.models import build_model
-from maxmargin.models.fast import Autocast, apply_fast_paths
+from maxmargin.models.fast_paths import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
 
 from conftest import make_data, make_model, own_confident_labels

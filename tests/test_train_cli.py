@@ -155,7 +155,8 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
 def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypatch, capsys):
     import json
 
-    import maxmargin.quickstart as qs
+    import maxmargin.commands.quickstart as qs
+    from maxmargin.norm_tables import table_eps_grid
 
     from conftest import tiny_preset
 
@@ -165,7 +166,7 @@ def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypa
     assert all(name in table for name in qs.PRESETS)
     for name in qs.PRESETS:
         ev = json.loads((tmp_path / name / "eval.json").read_text())
-        acc = [ev["robust_accuracy"][str(e)] for e in qs.EPS]
+        acc = [ev["robust_accuracy"][str(e)] for e in table_eps_grid("digits", "linf")]
         assert ev["n"] == 20 and acc == sorted(acc, reverse=True) and acc[0] <= ev["clean_accuracy"]
         for f in ("report.md", "robust_accuracy.png", "margin_hist.png", "margin_cdf.png"):
             assert (tmp_path / name / f).is_file(), f
@@ -176,7 +177,7 @@ def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypa
 
 
 def test_quickstart_methods_selects_presets_and_rejects_unknown(capsys):
-    from maxmargin.quickstart import presets_for
+    from maxmargin.commands.quickstart import presets_for
 
     assert presets_for(None) == ("quick-standard", "quick-pgd", "quick-mma")
     assert presets_for("trades, amm,mma-ddn") == ("quick-trades", "quick-amm", "quick-mma-ddn")

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from .attacks._common import Bounds, check_count, check_inputs, check_labels, frozen
 from .bounds import Region, margin_lower_bounds, trace
-from .distributed import gather_shards, shard
 from .linesearch import largest_proven
 from .losses import logit_margin
 from .norms import get_norm, per_example
@@ -99,15 +98,3 @@ def _bisect(nodes, x: Tensor, y: Tensor, clean: Tensor, scale: Tensor, cap: Tens
 
     return largest_proven(bound, clean - slack, cap, steps)
 
-
-def certify_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, method: str = "crown",
-                   batch_size: int = 50, bounds: Bounds = (0.0, 1.0), distributed: bool = False,
-                   progress: bool = False) -> Tensor:
-    """:func:`certified_margin` over a large set; with ``distributed=True`` each torchrun rank
-    certifies its shard and every rank gets all ``len(x)`` radii back."""
-    n = x.shape[0]
-    if distributed:
-        x, y = shard(x), shard(y)
-    m = certified_margin(model, x, y, norm=norm, method=method, eps_max=eps_max, bounds=bounds,
-                         batch_size=batch_size, progress=progress)
-    return gather_shards(m, n) if distributed else m

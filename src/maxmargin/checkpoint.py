@@ -1,7 +1,6 @@
 """Checkpoints: written to a temporary file and renamed, loaded with ``weights_only=True`` only."""
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -12,17 +11,15 @@ from torch import nn
 
 from .config import Config, check, from_dict
 from .errors import UserError
+from .files import save_torch_atomic
 from .models import build_model
 
 FORMAT = "maxmargin-checkpoint-1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    """Write ``payload`` with the format marker as a checkpoint, atomically: a killed run keeps the old file."""
+    save_torch_atomic({"format": FORMAT, **payload}, path)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

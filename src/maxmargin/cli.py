@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -73,68 +74,39 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import quickstart
+    from .commands.quickstart import quickstart
 
     quickstart(Path(args.out), device=args.device, progress=not args.quiet, methods=args.methods)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval_run import eval_run, parse_eps
+    from .commands.checks import parse_eps
+    from .commands.eval import eval_command
 
-    try:
-        r = eval_run(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
-                     transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
-                     batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
-                     margins=True if args.margins else None, progress=not args.quiet, seed=args.seed,
-                     certify=args.certify)
-    finally:
-        _shutdown()
-    if not _is_main():
-        return 0
-    print(f"clean accuracy {r.clean_accuracy:.4f}; robust accuracy " +
-          ", ".join(f"{e:.4g}: {a:.4f}" for e, a in r.robust_accuracy.items()) +
-          f"; average {r.average_robust_accuracy:.4f} over ε ≤ {max(r.averaged):.4g}; AvgAcc {r.avg_acc:.4f}")
-    cert = r.certified_accuracy()
-    if cert:
-        print(f"certified accuracy ({r.certify_method}) " + ", ".join(f"{e:.4g}: {a:.4f}" for e, a in cert.items()))
-    for flag in r.flags:
-        print(f"WARNING: {flag}")
-    return 0
+    return eval_command(Path(args.target), protocol=args.protocol, eps=parse_eps(args.eps),
+                        transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
+                        batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
+                        margins=True if args.margins else None, quiet=args.quiet, seed=args.seed,
+                        certify=args.certify)
 
 
 def cmd_margin(args: argparse.Namespace) -> int:
-    from .eval_run import margin_run
+    from .commands.margin import margin_command
 
-    try:
-        st = margin_run(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size,
-                        device=args.device, data_dir=args.data, eps_max=args.eps_max, seed=args.seed,
-                        certify=args.certify, progress=not args.quiet)
-    finally:
-        _shutdown()
-    if not _is_main():
-        return 0
-    q = st["quantiles"]
-    print(f"{st['n']} examples ({st['norm']}): mean margin {st['mean']:.4f}, median {st['median']:.4f}, "
-          f"10%/90% {q['0.1']:.4f}/{q['0.9']:.4f}, misclassified {st['zero_fraction']:.3f}")
-    if "certified" in st:
-        c = st["certified"]
-        print(f"certified lower bounds ({c['method']}): mean {c['mean']:.4f}, median {c['median']:.4f}; "
-              "certified accuracy " + ", ".join(f"{e}: {a:.4f}" for e, a in c["accuracy"].items()))
-    return 0
+    return margin_command(Path(args.target), out=args.out, n=args.n, batch_size=args.batch_size, device=args.device,
+                          data_dir=args.data, eps_max=args.eps_max, seed=args.seed, certify=args.certify,
+                          quiet=args.quiet)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import compare_runs
+    from .commands.report import report_command
 
-    out = Path(args.out) if args.out else Path(args.runs[0]).parent
-    print(compare_runs([Path(r) for r in args.runs], out))
-    print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
-    return 0
+    return report_command(args.runs, args.out)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .commands.reproduce import reproduce
 
     reproduce(args.experiment, scale=args.scale, out=Path(args.out), data_dir=args.data, device=args.device,
               n=args.n, progress=not args.quiet)
@@ -233,15 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0 done, 2 the user's mistake, 1 a bug, 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError) as e:
-        print(f"maxmargin: error: {e}", file=sys.stderr)
+    except UserError as e:
+        # the user's to fix: one line naming the problem, no traceback to wade through
+        print(f"maxmargin: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("maxmargin: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # anything else is ours: the full traceback, so that it can be reported and fixed
+        traceback.print_exc()
+        print("maxmargin: internal error (a bug, not your input): please report it with the traceback above",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ go into the table by the method's ``legacy_keys``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -33,6 +32,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 from .data import dataset_names
 from .errors import UserError
+from .files import write_text_atomic as write_atomic  # the old name, still importable
 from .methods import get_method, method_names
 from .methods.base import Method
 from .models import is_model_spec, model_names
@@ -338,13 +338,6 @@ def describe(cfg: Config) -> str:
     if table:
         lines += ["", f"[{cfg.method}]", *block(table, method_keys(cfg.method))]
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names", "quick_methods",

@@ -4,7 +4,6 @@ Each flag is one sentence: what was seen and what to do about it.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -12,18 +11,12 @@ from torch import Tensor, nn
 
 from .attacks._common import Bounds, frozen, input_grad
 from .losses import cross_entropy
+from .norm_tables import universal_eps
 
 MONOTONE_SLACK = 0.005      # robust accuracy may wobble by half a point between separate runs
 CHANCE_SLACK = 0.05
 CDF_SLACK = 0.05           # a stronger search beating PGD by a few points is normal; by 5 it is a sign
 DEAD_GRADIENTS = 0.10       # share of examples with zero or non-finite input gradients
-
-
-def universal_eps(norm: str, shape: tuple[int, ...], bounds: Bounds) -> float:
-    """A radius at which every input can be moved to the middle of the box (e.g. a gray image)."""
-    half = (bounds[1] - bounds[0]) / 2
-    d = math.prod(shape)
-    return half if norm == "linf" else half * math.sqrt(d)
 
 
 def dead_gradient_share(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:

@@ -1,4 +1,6 @@
-"""Robustness evaluation: protocols, transfer, per-example worst case over attacks, ε grids.
+"""Robustness evaluation: protocols, transfer, per-example worst case over attacks.
+
+The ε grids and other per-norm, per-dataset settings are in :mod:`maxmargin.norm_tables`.
 
 An example counts as robust at ε only if it is classified correctly and every
 attack of the protocol failed on it. Attacks run in sequence, each on the
@@ -17,26 +19,13 @@ from tqdm.auto import tqdm
 
 from .attacks import fgsm, pgd
 from .attacks._common import Bounds, check_inputs, frozen
-from .diagnostics import certificate_flags, dead_gradient_share, masking_flags, universal_eps
-from .distributed import all_reduce, gather_shards, rank_world, shard
+from .diagnostics import certificate_flags, dead_gradient_share, masking_flags
 from .errors import UserError
 from .margin import margin_search
-from .norms import get_norm, per_example
+from .norm_tables import AUTOATTACK_NORMS, paper_step_ratio, universal_eps
+from .norms import Norm, get_norm, per_example
 
 PROTOCOLS = ("quick", "paper", "autoattack")
-
-# Default ε grids per (dataset, norm), as in the MMA paper's figures.
-EPS_GRIDS = {
-    ("mnist", "linf"): [0.1, 0.2, 0.3, 0.4, 0.5],
-    ("mnist", "l2"): [1.0, 2.0, 3.0, 4.0],
-    ("cifar10", "linf"): [4 / 255, 8 / 255, 12 / 255, 16 / 255, 20 / 255, 24 / 255, 28 / 255, 32 / 255],
-    ("cifar10", "l2"): [0.5, 1.0, 1.5, 2.0, 2.5],
-}
-
-
-def default_eps_grid(dataset: str, norm: str) -> list[float]:
-    family = "mnist" if dataset in ("digits", "mnist", "fashion-mnist") else "cifar10"
-    return list(EPS_GRIDS[(family, norm)])
 
 
 @dataclass
@@ -122,11 +111,6 @@ class EvalResult:
         return d
 
 
-def _pgd_step_ratio(norm: str, shape: tuple[int, ...]) -> float:
-    """The paper's step: ε/40 for MNIST-shaped L∞ inputs, ε/4 otherwise."""
-    return 1 / 40 if norm == "linf" and tuple(shape) == (1, 28, 28) else 1 / 4
-
-
 def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int, ...],
                    sources: Sequence[nn.Module], bounds: Bounds,
                    source_names: Sequence[str] | None = None) -> list[AttackSpec]:
@@ -148,7 +132,7 @@ def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int,
     if protocol == "autoattack":
         return [AttackSpec("autoattack", 0, 1, "white-box", _autoattack(model, norm, bounds))]
 
-    ratio = _pgd_step_ratio(norm, shape)
+    ratio = paper_step_ratio(norm, shape)
     specs = [AttackSpec("pgd-ce", 100, 5, "white-box", white("ce", 100, 5, ratio)),
              AttackSpec("pgd-cw", 100, 5, "white-box", white("cw", 100, 5, ratio)),
              AttackSpec("fgsm", 1, 1, "white-box",
@@ -191,13 +175,142 @@ def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
         e = float(eps.max())
         if not torch.allclose(eps, torch.full_like(eps, e)):
             raise UserError("AutoAttack takes one ε per call")
-        aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=e, version="standard", seed=0,
+        aa = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=e, version="standard", seed=0,
                         device=str(x.device))
         with frozen(model):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
         return x_adv.detach()
 
     return run
+
+
+@dataclass
+class EvalPlan:
+    """An evaluation fixed before any example is attacked: the checked grid and the protocol's attacks.
+
+    :func:`evaluate` is ``plan_evaluation`` → :meth:`attack` → :meth:`result`.
+    :meth:`attack` works per example (an example's outcome depends on that
+    example and the random draws alone, never on the others), so a caller can
+    split the examples across processes (:func:`maxmargin.sharding.map_examples`)
+    and put the pieces back together before :meth:`result`.
+    """
+
+    model: nn.Module
+    protocol: str
+    norm: str
+    eps: list[float]
+    attacks: list[AttackSpec]
+    batch_size: int
+    bounds: Bounds
+    margin_attack: bool
+
+    @property
+    def stages(self) -> list[str]:
+        """The ``by_attack`` keys, in the order the attacks run (the margin search last)."""
+        return [spec.key for spec in self.attacks] + (["margin-search"] if self.margin_attack else [])
+
+    @property
+    def margin_cap(self) -> float:
+        """Cap of the margin search behind the margin attack: twice the largest ε (1 if every ε is 0)."""
+        return 2 * max(self.eps) if max(self.eps) > 0 else 1.0
+
+    def attack(self, x: Tensor, y: Tensor, margins: Tensor | None = None,
+               progress: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Run every attack at every ε on the examples still robust; returns ``(stage, margins)``.
+
+        ``stage`` (int64 ``[N, len(eps)]``) says where each example stopped
+        being robust at each ε: 0 misclassified, ``k + 1`` first broken by
+        ``stages[k]``, ``len(stages) + 1`` survived every attack. ``margins``
+        are the ones given, or with ``margin_attack`` and none given, the ones
+        the margin search found here.
+        """
+        x, y, lo, hi = check_inputs(x, y, self.bounds)
+        nrm = get_norm(self.norm)
+        n, bs = x.shape[0], self.batch_size
+        correct = torch.zeros(n, dtype=torch.bool, device=x.device)
+        with frozen(self.model), torch.no_grad():
+            for s in range(0, n, bs):
+                correct[s:s + bs] = self.model(x[s:s + bs]).argmax(1) == y[s:s + bs]
+        if self.margin_attack and margins is None:
+            margins = margin_search(self.model, x, y, self.norm, self.margin_cap, bs, bounds=(lo, hi))
+
+        survived = len(self.stages) + 1
+        stage = torch.where(correct, survived, 0).unsqueeze(1).repeat(1, len(self.eps))
+        bar = tqdm(total=len(self.eps) * len(self.attacks), disable=not progress, desc=f"eval ({self.protocol})",
+                   dynamic_ncols=True)
+        for i, e in enumerate(self.eps):
+            for k, spec in enumerate(self.attacks):
+                if e > 0:    # at ε = 0 there is nothing to attack: robust means correct
+                    alive = (stage[:, i] == survived).nonzero().squeeze(1)
+                    stage[alive[self._fooled(spec, x, y, alive, e, nrm)], i] = k + 1
+                bar.update(1)
+            if self.margin_attack:
+                stage[(stage[:, i] == survived) & (margins <= e), i] = len(self.attacks) + 1
+        bar.close()
+        return stage, margins
+
+    def _fooled(self, spec: AttackSpec, x: Tensor, y: Tensor, idx: Tensor, eps: float, nrm: Norm) -> Tensor:
+        """Which examples ``x[idx]`` ``spec`` misclassifies at ``eps``, attacked ``batch_size`` at a time."""
+        lo, hi = self.bounds
+        fooled = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
+        for s in range(0, idx.numel(), self.batch_size):
+            xs, ys = x[idx[s:s + self.batch_size]], y[idx[s:s + self.batch_size]]
+            x_adv = spec.run(xs, ys, per_example(eps, xs))
+            _check_valid(x_adv, xs, nrm, eps, lo, hi, spec.name)
+            with frozen(self.model), torch.no_grad():
+                fooled[s:s + self.batch_size] = self.model(x_adv).argmax(1) != ys
+        return fooled
+
+    def result(self, x: Tensor, y: Tensor, stage: Tensor, margins: Tensor | None = None,
+               certified: Tensor | None = None, certify_method: str | None = None) -> EvalResult:
+        """The :class:`EvalResult` of all examples from :meth:`attack`'s ``stage``, with the masking checks."""
+        x, y, lo, hi = check_inputs(x, y, self.bounds)
+        grid, names, n = self.eps, self.stages, max(x.shape[0], 1)
+        survived = len(names) + 1
+        # a later stage with the same key (two transfer sources of one name) overwrites an earlier one
+        newly = {key: [int((stage[:, i] == k + 1).sum()) for i in range(len(grid))] for k, key in enumerate(names)}
+        after = {key: {e: int((stage[:, i] > k + 1).sum()) / n for i, e in enumerate(grid)}
+                 for k, key in enumerate(names)}
+        robust = (stage == survived).T.contiguous()
+        described = [(spec.name, spec.steps, spec.restarts, spec.source) for spec in self.attacks]
+        described += [("margin-search", 50, 1, "white-box")] if self.margin_attack else []
+        rows = [{"attack": name, "eps": e, "steps": steps, "restarts": restarts, "source": source,
+                 "newly_broken": newly[key][i], "accuracy_after": after[key][e]}
+                for key, (name, steps, restarts, source) in zip(names, described) for i, e in enumerate(grid)]
+        res = EvalResult(eps=grid, clean_accuracy=float((stage[:, 0] > 0).float().mean()),
+                         robust_accuracy={e: int(robust[i].sum()) / n for i, e in enumerate(grid)},
+                         robust=robust.cpu(), by_attack=after, attacks=rows, protocol=self.protocol, norm=self.norm,
+                         margins=None if margins is None else margins.detach().cpu(),
+                         certified=None if certified is None else certified.detach().cpu(),
+                         certify_method=certify_method)
+        shape = tuple(x.shape[1:])
+        ueps = universal_eps(self.norm, shape, (lo, hi))
+        below = [e for e in grid if e < ueps]
+        res.reported_eps = below if below and len(below) < len(grid) else None
+        res.flags = masking_flags(res.robust_accuracy, res.attacks, self.norm, y, shape, (lo, hi),
+                                  res.margin_cdf_accuracy(), dead_gradient_share(self.model, x, y, self.batch_size))
+        if certified is not None:
+            res.flags += certificate_flags(res.robust, res.certified, grid)
+        return res
+
+
+def plan_evaluation(model: nn.Module, input_shape: tuple[int, ...], norm: str = "linf",
+                    eps: Sequence[float] = (0.1, 0.2, 0.3), protocol: str = "quick", sources: Sequence[nn.Module] = (),
+                    batch_size: int = 500, bounds: Bounds = (0.0, 1.0), margin_attack: bool | None = None,
+                    source_names: Sequence[str] | None = None) -> EvalPlan:
+    """Check the settings of an evaluation and build its protocol (arguments as in :func:`evaluate`)."""
+    get_norm(norm)
+    grid = [float(e) for e in eps]
+    if not grid:
+        raise ValueError("eps must hold at least one radius")
+    if any(e < 0 for e in grid):
+        raise ValueError(f"eps must be >= 0, got {grid}")
+    if batch_size <= 0:
+        raise ValueError("batch_size must be > 0")
+    bounds = (float(bounds[0]), float(bounds[1]))
+    specs = build_protocol(model, protocol, norm, tuple(input_shape), sources, bounds, source_names)
+    return EvalPlan(model, protocol, norm, grid, specs, batch_size, bounds,
+                    protocol == "paper" if margin_attack is None else bool(margin_attack))
 
 
 def evaluate(
@@ -214,7 +327,6 @@ def evaluate(
     margin_attack: bool | None = None,
     source_names: Sequence[str] | None = None,
     progress: bool = False,
-    distributed: bool = False,
     certified: Tensor | None = None,
     certify_method: str | None = None,
 ) -> EvalResult:
@@ -226,112 +338,21 @@ def evaluate(
     attack, and every example whose verified adversarial point lies within ε
     counts as broken.
 
-    With ``distributed=True`` inside an initialized process group, every
-    rank passes the same ``x`` (and ``margins``), attacks its own shard, and
-    all ranks return the same, complete result.
-
     ``certified`` (per-example certified radii, e.g. from
     :func:`maxmargin.certify.certified_margin`) adds the certified accuracy at
     each ε, and a flag if any attack broke an example certified at that ε.
+
+    All of it runs in this process; ``maxmargin eval`` splits the examples
+    across ``torchrun`` ranks with :class:`EvalPlan`'s stages.
     """
     x, y, lo, hi = check_inputs(x, y, bounds)
-    nrm = get_norm(norm)
-    grid = [float(e) for e in eps]
-    if not grid:
-        raise ValueError("eps must hold at least one radius")
-    if any(e < 0 for e in grid):
-        raise ValueError(f"eps must be >= 0, got {grid}")
-    if batch_size <= 0:
-        raise ValueError("batch_size must be > 0")
-    n_all = x.shape[0]
     for name, per in (("margins", margins), ("certified", certified)):
-        if per is not None and per.shape != (n_all,):
-            raise ValueError(f"{name} must have shape ({n_all},), got {tuple(per.shape)}")
-    x_all, y_all = x, y
-    if distributed:
-        x, y = shard(x), shard(y)
-        margins = None if margins is None else shard(margins)
-    rank, _ = rank_world() if distributed else (0, 1)
-    n = x.shape[0]
-    specs = build_protocol(model, protocol, norm, tuple(x.shape[1:]), sources, (lo, hi), source_names)
-    if margin_attack is None:
-        margin_attack = protocol == "paper"
-
-    correct = torch.zeros(n, dtype=torch.bool, device=x.device)
-    with frozen(model), torch.no_grad():
-        for s in range(0, n, batch_size):
-            correct[s:s + batch_size] = model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]
-    if margin_attack and margins is None:
-        cap = 2 * max(grid) if max(grid) > 0 else 1.0
-        margins = margin_search(model, x, y, norm, cap, batch_size, bounds=(lo, hi))   # this rank's shard
-
-    robust = correct.unsqueeze(0).repeat(len(grid), 1)
-    # counts, not fractions, so that ranks can add them up
-    broken: dict[str, list[int]] = {}
-    left: dict[str, list[int]] = {}
-    total = len(grid) * len(specs)
-    bar = tqdm(total=total, disable=not progress or rank != 0, desc=f"eval ({protocol})", dynamic_ncols=True)
-    for i, e in enumerate(grid):
-        for spec in specs:
-            key = spec.key
-            new = 0
-            if e > 0:
-                alive = robust[i].nonzero().squeeze(1)
-                for s in range(0, alive.numel(), batch_size):
-                    idx = alive[s:s + batch_size]
-                    xs, ys = x[idx], y[idx]
-                    x_adv = spec.run(xs, ys, per_example(e, xs))
-                    _check_valid(x_adv, xs, nrm, e, lo, hi, spec.name)
-                    with frozen(model), torch.no_grad():
-                        fooled = model(x_adv).argmax(1) != ys
-                    robust[i, idx[fooled]] = False
-                    new += int(fooled.sum())
-            broken.setdefault(key, [0] * len(grid))[i] = new
-            left.setdefault(key, [0] * len(grid))[i] = int(robust[i].sum())
-            bar.update(1)
-        if margin_attack and margins is not None:
-            fooled = robust[i] & (margins <= e)
-            robust[i, fooled] = False
-            broken.setdefault("margin-search", [0] * len(grid))[i] = int(fooled.sum())
-            left.setdefault("margin-search", [0] * len(grid))[i] = int(robust[i].sum())
-    bar.close()
-    if distributed:
-        keys = list(broken)
-        flat = torch.tensor([broken[k] + left[k] for k in keys], dtype=torch.float64, device=x.device)
-        flat = all_reduce(flat).round().long().tolist()
-        broken = {k: row[:len(grid)] for k, row in zip(keys, flat)}
-        left = {k: row[len(grid):] for k, row in zip(keys, flat)}
-        robust = gather_shards(robust, n_all, dim=1)
-        correct = gather_shards(correct, n_all)
-        margins = None if margins is None else gather_shards(margins, n_all)
-        x, y = x_all, y_all
-    after = {k: {e: c / max(n_all, 1) for e, c in zip(grid, row)} for k, row in left.items()}
-
-    robust_acc = {e: int(robust[i].sum()) / max(n_all, 1) for i, e in enumerate(grid)}
-    rows = []
-    for spec in specs:
-        key = spec.key
-        for i, e in enumerate(grid):
-            rows.append({"attack": spec.name, "eps": e, "steps": spec.steps, "restarts": spec.restarts,
-                         "source": spec.source, "newly_broken": broken[key][i], "accuracy_after": after[key][e]})
-    if margin_attack and margins is not None:
-        for i, e in enumerate(grid):
-            rows.append({"attack": "margin-search", "eps": e, "steps": 50, "restarts": 1, "source": "white-box",
-                         "newly_broken": broken["margin-search"][i], "accuracy_after": after["margin-search"][e]})
-    result = EvalResult(eps=grid, clean_accuracy=float(correct.float().mean()), robust_accuracy=robust_acc,
-                        robust=robust.cpu(), by_attack=after, attacks=rows, protocol=protocol, norm=norm,
-                        margins=None if margins is None else margins.detach().cpu(),
-                        certified=None if certified is None else certified.detach().cpu(),
-                        certify_method=certify_method)
-    ueps = universal_eps(norm, tuple(x.shape[1:]), (lo, hi))
-    below = [e for e in grid if e < ueps]
-    result.reported_eps = below if below and len(below) < len(grid) else None
-    result.flags = masking_flags(result.robust_accuracy, result.attacks, result.norm, y, tuple(x.shape[1:]),
-                                 (lo, hi), result.margin_cdf_accuracy(),
-                                 dead_gradient_share(model, x, y, batch_size))
-    if certified is not None:
-        result.flags += certificate_flags(result.robust, result.certified, grid)
-    return result
+        if per is not None and per.shape != (x.shape[0],):
+            raise ValueError(f"{name} must have shape ({x.shape[0]},), got {tuple(per.shape)}")
+    plan = plan_evaluation(model, tuple(x.shape[1:]), norm, eps, protocol, sources, batch_size, (lo, hi),
+                           margin_attack, source_names)
+    stage, margins = plan.attack(x, y, margins, progress)
+    return plan.result(x, y, stage, margins, certified, certify_method)
 
 
 def _check_valid(x_adv: Tensor, x: Tensor, nrm, eps: float, lo: float, hi: float, name: str) -> None:

@@ -9,7 +9,6 @@ from .attacks.anpgd import line_search
 from .attacks.ddn import ddn_search
 from .attacks.fmn import fmn_search
 from .attacks.pgd import pgd_steps
-from .distributed import gather_shards, shard
 from .losses import logit_margin, strict_logit_margin
 from .norms import bcast, get_norm, per_example
 
@@ -140,7 +139,7 @@ def estimate_margin(
 
 
 def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, batch_size: int = 500,
-                  bounds: Bounds = (0.0, 1.0), distributed: bool = False) -> Tensor:
+                  bounds: Bounds = (0.0, 1.0)) -> Tensor:
     """:func:`estimate_margin` over a large set in batches, with the evaluation's settings.
 
     50 FMN steps and then 2 rounds of 50 PGD steps, towards each of the 3
@@ -150,13 +149,10 @@ def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: fl
     0.336 with 3×3, 0.444 with 9 targets × 1 round, 0.345 with 9 × 2 at twice
     the cost).
 
-    With ``distributed=True`` every rank passes the same ``x``, estimates its
-    shard, and gets all ``len(x)`` margins back."""
-    n = x.shape[0]
-    if distributed:
-        x, y = shard(x), shard(y)
+    Every estimate is an example's own, so ``maxmargin margin`` splits the
+    set across ``torchrun`` ranks with :func:`maxmargin.sharding.map_examples`.
+    """
     parts = [estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm, eps_max=eps_max,
                              steps=50, search_steps=12, targets=3, rounds=2, bounds=bounds)
              for s in range(0, x.shape[0], batch_size)]
-    m = torch.cat(parts) if parts else torch.zeros(0, device=x.device)
-    return gather_shards(m, n) if distributed else m
+    return torch.cat(parts) if parts else torch.zeros(0, device=x.device)

@@ -2,30 +2,32 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import torch
+# The Figure API draws without pyplot's global state: importing this module leaves the caller's
+# matplotlib backend alone (a notebook keeps its inline one) and no figure lingers in a registry.
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from .config import write_atomic  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .evaluate import EvalResult  # noqa: E402
+from .errors import UserError
+from .evaluate import EvalResult
+from .files import atomic_path, write_text_atomic
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+def _figure(width: float, height: float) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def margin_stats(m: Tensor) -> dict[str, Any]:
+    """Count, mean, median, share of zeros (misclassified) and quantiles of per-example margins."""
     m = m.float().cpu()
     return {"n": int(m.numel()), "mean": float(m.mean()), "median": float(m.median()),
             "zero_fraction": float((m == 0).float().mean()),
@@ -36,7 +38,7 @@ def plot_margins(m: Tensor, out: Path, norm: str, eps_max: float | None = None,
                  attack_curve: dict[float, float] | None = None) -> list[Path]:
     """Histogram and CDF of the margins; the attack curve, if given, beside the CDF prediction."""
     m = m.float().cpu()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _figure(5, 3.2)
     ax.hist(m.numpy(), bins=40, color="#4477aa")
     ax.set_xlabel(f"margin ({norm})")
     ax.set_ylabel("examples")
@@ -44,7 +46,7 @@ def plot_margins(m: Tensor, out: Path, norm: str, eps_max: float | None = None,
     _save(fig, out / "margin_hist.png")
     xs = torch.linspace(0, float(m.max()) if eps_max is None else eps_max, 200)
     pred = [(m > v).float().mean().item() for v in xs]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _figure(5, 3.2)
     ax.plot(xs.numpy(), pred, label="fraction with margin > ε (predicted robust accuracy)")
     if attack_curve:
         e = sorted(attack_curve)
@@ -62,7 +64,7 @@ def plot_sandwich(lower: Tensor, upper: Tensor, out: Path, norm: str, method: st
     upper, lower = upper.float().cpu(), lower.float().cpu()
     order = upper.argsort()
     i = torch.arange(len(order)).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig, ax = _figure(5.5, 3.4)
     ax.fill_between(i, lower[order].numpy(), upper[order].numpy(), color="#bbccee", label="true margin lies here")
     ax.plot(i, upper[order].numpy(), color="#4477aa", linewidth=1, label="upper bound (attack)")
     ax.plot(i, lower[order].numpy(), color="#ee6677", linewidth=1, label=f"lower bound (certified, {method})")
@@ -77,7 +79,7 @@ def plot_sandwich(lower: Tensor, upper: Tensor, out: Path, norm: str, method: st
 
 def plot_robust_accuracy(result: EvalResult, out: Path) -> Path:
     """Robust accuracy against ε after each attack of the sequence (the paper's Figure 3 style)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = _figure(5.5, 3.6)
     for name, curve in result.by_attack.items():
         e = sorted(curve)
         ax.plot(e, [curve[v] for v in e], marker=".", linewidth=1, label=f"after {name}")
@@ -100,6 +102,7 @@ def plot_robust_accuracy(result: EvalResult, out: Path) -> Path:
 
 
 def eval_markdown(result: EvalResult, title: str) -> str:
+    """``report.md`` of one evaluation: the accuracies, the attack table and the masking checks."""
     lines = [f"# {title}", "", f"Protocol **{result.protocol}**, norm {result.norm}, "
              f"{result.robust.shape[1]} examples. An example is robust at ε only if every attack failed.", "",
              f"- clean accuracy: **{result.clean_accuracy:.4f}**",
@@ -139,31 +142,42 @@ def eval_markdown(result: EvalResult, title: str) -> str:
 
 
 def write_eval_report(result: EvalResult, out: Path, title: str, extra: dict[str, Any] | None = None) -> None:
+    """``eval.json`` (``extra`` first, then the result), ``report.md`` and the plots, into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {"title": title, **(extra or {}), **result.to_dict()}
-    write_atomic(out / "eval.json", json.dumps(payload, indent=2))
+    write_text_atomic(out / "eval.json", json.dumps(payload, indent=2))
     plot_robust_accuracy(result, out)
     if result.margins is not None:
         plot_margins(result.margins, out, result.norm, max(result.eps) * 1.5, result.robust_accuracy)
-    write_atomic(out / "report.md", eval_markdown(result, title))
+    write_text_atomic(out / "report.md", eval_markdown(result, title))
+
+
+# What compare_runs reads from every eval.json; a file without them is not one maxmargin wrote.
+_EVAL_KEYS = ("eps", "norm", "protocol", "clean_accuracy", "robust_accuracy", "average_robust_accuracy", "flags")
+
+
+def _load_eval(run: Path) -> dict[str, Any]:
+    f = run / "eval.json"
+    if not f.is_file():
+        raise UserError(f"{f} is missing; run `maxmargin eval {run}` first")
+    try:
+        ev = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {run}`") from None
+    missing = [k for k in _EVAL_KEYS if not isinstance(ev, dict) or k not in ev]
+    if missing:
+        raise UserError(f"{f} lacks {', '.join(missing)}: not an evaluation; re-run `maxmargin eval {run}`")
+    return ev
 
 
 def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
     """One table and one plot of robust accuracy vs ε over several evaluated runs."""
-    evals = []
-    for d in run_dirs:
-        f = Path(d) / "eval.json"
-        if not f.is_file():
-            raise UserError(f"{f} is missing; run `maxmargin eval {d}` first")
-        try:
-            evals.append((Path(d).name, json.loads(f.read_text())))
-        except json.JSONDecodeError:
-            raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {d}`") from None
+    evals = [(Path(d).name, _load_eval(Path(d))) for d in run_dirs]
     grid = sorted({float(e) for _, ev in evals for e in ev["eps"]})
     head = ("| run | norm | protocol | clean | " + " | ".join(f"ε={e:.4g}" for e in grid) +
             " | avg | AvgAcc | avg margin | flags |")
     lines = [head, "|" + "---|" * (len(grid) + 8)]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = _figure(5.5, 3.6)
     for name, ev in evals:
         ra = {float(k): v for k, v in ev["robust_accuracy"].items()}
         cells = [f"{ra[e]:.3f}" if e in ra else "–" for e in grid]
@@ -193,5 +207,5 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
             "the margin column); the others are attack results (upper bounds).") if any(
         "certified" in ev for _, ev in evals) else ""
     text = "# Comparison\n\n" + "\n".join(lines) + note + "\n\n![robust accuracy](compare.png)\n"
-    write_atomic(out / "compare.md", text)
+    write_text_atomic(out / "compare.md", text)
     return "\n".join(lines)

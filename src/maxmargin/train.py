@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 import time
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ from .attacks import pgd
 from .attacks.anpgd import anpgd_search
 from .attacks.graphs import cuda_graphs
 from .checkpoint import arch_of, load_checkpoint, load_weights, model_from_arch, save_checkpoint
-from .config import Config, check, to_toml, write_atomic
+from .config import Config, check, to_toml
 from .data import BatchStream, Dataset, Split, augment, load_dataset
 from .distributed import all_reduce, barrier, init_distributed, unwrap
 from .errors import UserError
+from .files import write_text_atomic
 from .methods import build_method
-from .models.fast import apply_fast_paths
+from .models.fast_paths import apply_fast_paths
 
 METRICS = ["step", "lr", "loss", "train_acc", "val_acc", "val_pgd_acc", "val_margin", "mean_eps", "seconds"]
 
@@ -108,12 +110,11 @@ class Metrics:
         if resume_step is not None and path.is_file():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, METRICS)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, METRICS)
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(path, text.getvalue())
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -180,7 +181,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
 
     if dist_info.main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config.toml", to_toml(cfg))
+        write_text_atomic(out / "config.toml", to_toml(cfg))
         metrics = Metrics(out / "metrics.csv", start if ckpt is not None else None)
     stream = BatchStream(len(ds.train), cfg.batch_size, cfg.seed, device)
     config_dict = cfg.to_dict()

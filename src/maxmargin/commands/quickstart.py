@@ -11,29 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
-from .config import Config, load_preset, load_toml, quick_methods
-from .errors import UserError
-from .eval_run import eval_run
-from .evaluate import default_eps_grid
-from .report import compare_runs
-from .train import train
+from ..config import load_preset, load_toml, quick_methods
+from ..errors import UserError
+from ..norm_tables import table_eps_grid
+from ..report import compare_runs
+from .runs import evaluate_run, train_or_reuse
 
 PRESETS = ("quick-standard", "quick-pgd", "quick-mma")
-EPS = (0.1, 0.2, 0.3, 0.4)
 N_TEST = 300           # test digits attacked (of 2000): keeps the whole job under 10 CPU minutes
-
-
-def train_or_reuse(cfg: Config, out: Path, progress: bool) -> None:
-    """Train ``cfg`` into ``out``, resume it if it stopped early, or keep it if it finished."""
-    last = out / "checkpoints" / "last.pt"
-    if last.is_file():
-        if int(load_checkpoint(last)["step"]) >= cfg.steps:
-            print(f"{cfg.name}: reusing the finished run in {out}")
-            return
-        train(cfg, out, resume=True, progress=progress)
-    else:
-        train(cfg, out, progress=progress)
 
 
 def presets_for(methods: str | None) -> tuple[str, ...]:
@@ -53,22 +38,22 @@ def presets_for(methods: str | None) -> tuple[str, ...]:
 
 
 def quickstart(out: Path, device: str = "auto", progress: bool = True, methods: str | None = None) -> str:
-    runs = {name: out / name for name in presets_for(methods)}
+    """Train (or reuse) the presets ``methods`` names into ``out``, evaluate each, compare them; returns the table."""
+    runs = {name: Path(out) / name for name in presets_for(methods)}
     for name, run in runs.items():
         cfg = load_preset(name)
         cfg.device = device
         train_or_reuse(cfg, run, progress)
     for name, run in runs.items():
         norm = load_toml(run / "config.toml").norm     # the run's own norm, whatever the preset says now
-        grid = EPS if norm == "linf" else default_eps_grid("digits", norm)
-        r = eval_run(run, protocol="quick", eps=grid, n=N_TEST, device=device, margins=True, progress=progress,
-                     certify="crown")
+        r = evaluate_run(run, protocol="quick", eps=table_eps_grid("digits", norm), n=N_TEST, device=device,
+                         margins=True, progress=progress, certify="crown")
         for flag in r.flags:
             print(f"WARNING ({name}): {flag}")
-    table = compare_runs(list(runs.values()), out)
+    table = compare_runs(list(runs.values()), Path(out))
     print(table)
     print(f"Test split of the bundled digits (first {N_TEST}); quick protocol (PGD-50 with CE and with CW) plus a "
           "targeted margin search, robust only if all fail; avg margin = estimate_margin (an upper bound). "
           "'certified' rows: accuracy proven by CROWN bounds and the mean certified radius (lower bounds).")
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.png'} and a report.md in each run")
+    print(f"wrote {Path(out) / 'compare.md'}, {Path(out) / 'compare.png'} and a report.md in each run")
     return table
