@@ -226,7 +226,7 @@ def test_mart_trains_through_the_loop_and_its_loss_falls():
 
 
 def test_mart_joins_quickstart_by_its_preset_alone():
-    from maxmargin.quickstart import presets_for
+    from maxmargin.commands.quickstart import presets_for
     assert presets_for("mart") == ("quick-mart",)
     cfg = load_preset("quick-mart")
     assert cfg.method == "mart" and cfg.options.beta == 6.0
