@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import device_info, timeit, write_json
 
 from maxmargin.attacks import anpgd, pgd
 from maxmargin.attacks.graphs import cuda_graphs
-from maxmargin.models import LeNet5
-
 from maxmargin.losses import cross_entropy, soft_logit_margin
-
-from _timing import device_info, timeit, write_json
+from maxmargin.models import LeNet5
 
 
 def confident_labels(model: torch.nn.Module, x: torch.Tensor, share: float = 0.95) -> torch.Tensor:

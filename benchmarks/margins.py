@@ -23,16 +23,15 @@ import subprocess
 import sys
 import time
 
+import _advlib
 import torch
+from _timing import device_info, write_json
+from training import pretrain
 
 from maxmargin.certify import certified_margin
 from maxmargin.data import load_dataset
 from maxmargin.margin import estimate_margin, margin_search
 from maxmargin.models import LeNet5
-
-import _advlib
-from _timing import device_info, write_json
-from training import pretrain
 
 CAPS = {"linf": 0.5, "l2": 8.0}
 

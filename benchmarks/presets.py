@@ -19,15 +19,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
-from maxmargin.config import apply_overrides, load_preset  # noqa: E402
-from maxmargin.methods import build_method  # noqa: E402
-from maxmargin.models import build_model  # noqa: E402
-from maxmargin.models.fast_paths import apply_fast_paths  # noqa: E402
-from maxmargin.train import make_optimizer  # noqa: E402
+from _timing import device_info, write_json
+from attacks import confident_labels
 
-from _timing import device_info, write_json  # noqa: E402
-from attacks import confident_labels  # noqa: E402
+from maxmargin.attacks.graphs import set_cuda_graphs
+from maxmargin.config import apply_overrides, load_preset
+from maxmargin.methods import build_method
+from maxmargin.models import build_model
+from maxmargin.models.fast_paths import apply_fast_paths
+from maxmargin.train import make_optimizer
 
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 

@@ -20,13 +20,12 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from _timing import device_info, timeit, write_json
 
 from maxmargin.attacks.graphs import cuda_graphs
 from maxmargin.data import load_dataset
 from maxmargin.methods import MMA, PGDAT, Standard
 from maxmargin.models import LeNet5
-
-from _timing import device_info, timeit, write_json
 
 
 class PassCounter:

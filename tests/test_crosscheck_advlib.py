@@ -11,11 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _advlib  # noqa: E402
+import _advlib
+from conftest import train_digits_cnn
 
-from maxmargin.margin import estimate_margin  # noqa: E402
-
-from conftest import train_digits_cnn  # noqa: E402
+from maxmargin.margin import estimate_margin
 
 ATTACKS = _advlib.load()
 pytestmark = pytest.mark.skipif(ATTACKS is None, reason="adv-lib not installed (pip install --no-deps adv-lib==0.2.8)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model, own_confident_labels
+from test_graphs import Emulated, emulated  # noqa: F401  (the CPU stand-in for a captured graph)
 from torch import nn
 
 from maxmargin.attacks import anpgd_search, graphs, pgd
@@ -14,9 +16,6 @@ from maxmargin.attacks._common import frozen, input_grad
 from maxmargin.losses import OBJECTIVES, Objective, get_loss, get_objective, kl_divergence, targeted_margin
 from maxmargin.methods.trades import kl_pgd
 from maxmargin.norms import bcast, get_norm, per_example
-
-from conftest import make_data, make_model, own_confident_labels
-from test_graphs import Emulated, emulated  # noqa: F401  (the CPU stand-in for a captured graph)
 
 SHAPE = (1, 8, 8)
 EPS = {"linf": 0.1, "l2": 1.0}

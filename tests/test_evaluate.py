@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
+from conftest import linear_problem, tiny_preset, train_digits_cnn
 from torch import nn
 
 import maxmargin.evaluate as ev
 from maxmargin.cli import main
 from maxmargin.evaluate import AttackSpec, evaluate
-
-from conftest import linear_problem, tiny_preset, train_digits_cnn
 
 WIDE = (-100.0, 100.0)
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from conftest import make_data, make_model, own_confident_labels
 
 from maxmargin.attacks import anpgd, graphs, pgd
 from maxmargin.attacks.graphs import cuda_graphs
@@ -20,8 +21,6 @@ from maxmargin.methods.mma import MMA
 from maxmargin.models import build_model
 from maxmargin.models.fast_paths import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model, own_confident_labels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SHAPE = (1, 28, 28)

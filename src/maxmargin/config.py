@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,8 +37,8 @@ from .methods import get_method, method_names
 from .methods.base import Method
 from .models import is_model_spec, model_names
 from .norms import NORMS
-from .plugins import import_plugins
 from .options import KeyInfo, Options, coerce, key_infos, option, parse_text
+from .plugins import import_plugins
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Config:
     description: str = option("", "the one line `maxmargin presets` shows")
     # data
     dataset: str = option("digits", "dataset", choices=lambda: dataset_names())
-    data_dir: Optional[str] = option(None, "dataset folder (--data)")
+    data_dir: str | None = option(None, "dataset folder (--data)")
     val_size: int = option(1000, "validation images held out from the start of the training split", min=0)
     augment: bool = option(False, "reflect-pad 4 + random crop + horizontal flip")
     plugins: str = option("", "your modules to import first (comma-separated): they register methods, models "
@@ -82,7 +82,7 @@ class Config:
     val_pgd_step: float = option(0.01, "step of the validation PGD", min=0)
     val_pgd_steps: int = option(40, "steps of the validation PGD", positive=True)
     margin_eps_max: float = option(0.5, "cap of the validation margin estimate (MMA presets: 1.05·d_max)", min=0)
-    margin_eps_init: Optional[float] = option(None, "radius of its PGD (none = margin_eps_max/2; MMA presets: "
+    margin_eps_init: float | None = option(None, "radius of its PGD (none = margin_eps_max/2; MMA presets: "
                                                     "val_pgd_eps)", positive=True)
     margin_attack_loss: str = option("lm", "loss of its PGD (MMA presets: slm, as the official trainer)",
                                      choices=("lm", "slm"))
@@ -95,7 +95,7 @@ class Config:
     compile: bool = option(False, "CUDA only: torch.compile the model")
     cuda_graphs: bool = option(False, "CUDA only: replay the attacks' PGD loops as CUDA graphs")
     # the method's options; None = its defaults
-    options: Optional[Options] = dataclasses.field(default=None, metadata={"help": "", "table": True})
+    options: Options | None = dataclasses.field(default=None, metadata={"help": "", "table": True})
 
     def __post_init__(self) -> None:
         if self.options is None:

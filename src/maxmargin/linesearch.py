@@ -34,8 +34,8 @@ models after one step).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -103,11 +103,11 @@ class Bracket:
         self.lo = torch.where(move_lo, down.values, self.lo)
         self.f_lo = torch.where(move_lo, f.gather(1, down.indices[:, None]).squeeze(1), self.f_lo)
 
-    def take(self, idx: Tensor) -> "Bracket":
+    def take(self, idx: Tensor) -> Bracket:
         """The bracket of rows ``idx`` (copies)."""
         return replace(self, **{k: None if v is None else v[idx] for k, v in vars(self).items()})
 
-    def put(self, idx: Tensor, sub: "Bracket") -> None:
+    def put(self, idx: Tensor, sub: Bracket) -> None:
         """Write the bracket ``sub`` of rows ``idx`` back (the inverse of :meth:`take`)."""
         for k, v in vars(self).items():
             if v is not None:

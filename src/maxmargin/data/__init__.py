@@ -6,10 +6,10 @@ indices (into ``train``) because MMA remembers a radius per example.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 
 Arrays = tuple[np.ndarray, np.ndarray]
-Reader = Callable[[Optional[Path]], tuple[Arrays, Arrays, int]]
+Reader = Callable[[Path | None], tuple[Arrays, Arrays, int]]
 READERS: dict[str, Reader] = {}
 
 
