@@ -56,8 +56,9 @@ def upper(args, device) -> dict:
     out = {}
     for norm in ("linf", "l2"):
         rows = {}
-        for name, fn in (("ours (defaults)", lambda: estimate_margin(model, x, y, norm=norm, eps_max=CAPS[norm])),
-                         ("ours (margin_search)", lambda: margin_search(model, x, y, norm, CAPS[norm]))):
+        for name, fn in (("ours (defaults)",
+                          lambda norm=norm: estimate_margin(model, x, y, norm=norm, eps_max=CAPS[norm])),
+                         ("ours (margin_search)", lambda norm=norm: margin_search(model, x, y, norm, CAPS[norm]))):
             torch.manual_seed(0)
             t = time.perf_counter()
             rows[name] = (fn(), time.perf_counter() - t)

@@ -64,7 +64,7 @@ def main() -> None:
         idx = torch.arange(cfg.batch_size, device=dev)
         model.train()
 
-        def step(i: int) -> None:
+        def step(i: int, method=method, model=model, x=x, y=y, idx=idx, opt=opt) -> None:
             method.step = i
             loss, _ = method.loss(model, x, y, idx)
             opt.zero_grad(set_to_none=True)
@@ -86,7 +86,8 @@ def main() -> None:
         if dev.type == "cuda":
             row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rows.append(row)
-        print(f"{name} ({' '.join(args.set) or 'as preset'}): {1 / sec:.2f} steps/s, full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
+        print(f"{name} ({' '.join(args.set) or 'as preset'}): {1 / sec:.2f} steps/s, "
+              f"full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
     write_json(args.out, {"benchmark": "presets", **device_info(dev), "results": rows})
 
 

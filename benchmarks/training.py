@@ -125,7 +125,7 @@ def run(argv: list[str] | None = None) -> dict:
         for name, method in methods.items():
             state = method.state_dict()
 
-            def step(method=method, state=state):
+            def step(method=method, state=state, x=x, y=y, idx=idx):
                 if state:
                     method.load_state_dict(state)
                 model.train()
