@@ -49,4 +49,5 @@ def test_estimate_margin_matches_the_best_advlib_attack(digits_cnn, norm, cap):
     assert float((ratio <= 1.02).float().mean()) >= WITHIN_2PCT[norm], (float(ratio.max()), means)
     assert float(ratio.max()) <= 1.10, (float(ratio.max()), means)
     second = sorted(means.values())[1]
-    assert float(ours.mean()) <= min(means.values()) * 1.01 and float(ours.mean()) <= second, (float(ours.mean()), means)
+    assert float(ours.mean()) <= min(means.values()) * 1.01 and float(ours.mean()) <= second, \
+        (float(ours.mean()), means)

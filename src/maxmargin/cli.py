@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default="quick", choices=["quick", "paper", "autoattack"],
                    help="quick: PGD-50 CE and CW; paper: the MMA paper's Table-1 attacks; autoattack: AutoAttack "
                         "standard (default quick)")
-    e.add_argument("--eps", help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
+    e.add_argument("--eps",
+                   help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
     e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")

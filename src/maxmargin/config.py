@@ -340,5 +340,5 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names", "quick_methods",
-           "to_toml", "describe", "method_keys", "write_atomic", "option"]
+__all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names",
+           "quick_methods", "to_toml", "describe", "method_keys", "write_atomic", "option"]

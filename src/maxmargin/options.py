@@ -18,7 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from .errors import UserError
 
 
-def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+def option(default: Any = MISSING, help: str = "", *,
+           choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
            min: float | None = None, positive: bool = False, default_factory: Callable[[], Any] | None = None,
            ) -> Any:
     """A dataclass field with a one-line ``help``, optional ``choices`` and a lower bound.
