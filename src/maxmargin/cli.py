@@ -20,6 +20,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume and out is not None and (out / "config.toml").is_file():
         cfg = load_toml(out / "config.toml")
     elif args.resume and args.preset is None:
+        assert out is not None  # --resume without --out raised above
         raise UserError(f"--resume: {out / 'config.toml'} does not exist, so {out} holds no run to continue; "
                         "start it with --preset NAME")
     elif args.preset is None:

@@ -23,12 +23,15 @@ import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 from .data import dataset_names
 from .errors import UserError
@@ -265,7 +268,7 @@ def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
 
 # ---------------------------------------------------------------- presets and files
 
-def _preset_dir():  # type: ignore[no-untyped-def]
+def _preset_dir() -> Traversable:
     return resources.files("maxmargin") / "presets"
 
 

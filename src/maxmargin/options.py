@@ -39,7 +39,7 @@ class KeyInfo:
     """What a key is: its name, type, whether ``None`` is allowed, and its declared checks."""
 
     name: str
-    type: type
+    type: type[Any]
     optional: bool
     help: str
     # a callable for choices from a registry: read when used, so that later registrations count

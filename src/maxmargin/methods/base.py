@@ -81,7 +81,7 @@ def register(name: str) -> Callable[[M], M]:
     def add(cls: M) -> M:
         opts = cls.Options
         if not (isinstance(opts, type) and issubclass(opts, Options) and is_dataclass(opts)
-                and opts.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+                and opts.__dataclass_params__.frozen):
             raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass subclassing maxmargin.options.Options")
         params = inspect.signature(cls.__init__).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import pgd
+from ..attacks.pgd import pgd
 from ..distributed import unwrap
 from ..losses import LOSSES
 from ..options import Options, option
