@@ -215,6 +215,8 @@ def _switch_options(old: Options | None, cls: type[Method]) -> Options:
 def _replace_options(options: Options | None, updates: dict[str, Any], source: str) -> Options:
     assert options is not None
     try:
+        # Options itself is no dataclass, so mypy sees no dataclass instance; a method's Options subclass
+        # always is one (register() refuses any other), which is all replace needs at run time
         return dataclasses.replace(options, **updates)  # type: ignore[type-var]
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None

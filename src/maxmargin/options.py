@@ -148,6 +148,8 @@ class Options:
         """Checks against the run's shared keys (the norm); raise a :class:`UserError` naming both."""
 
     def to_dict(self) -> dict[str, Any]:
+        # Options itself is no dataclass, so mypy sees no dataclass instance; every subclass is one
+        # (register() refuses any other), which is all asdict needs at run time
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
