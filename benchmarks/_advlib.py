@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 class _Absent(types.ModuleType):
     """Any attribute is another stand-in: enough for module-level imports that are never called."""
 
-    def __getattr__(self, name: str) -> "_Absent":
+    def __getattr__(self, name: str) -> _Absent:
         if name.startswith("__"):
             raise AttributeError(name)
         return _Absent(f"{self.__name__}.{name}")

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import device_info, timeit, write_json
 
 from maxmargin.attacks import anpgd, pgd
 from maxmargin.attacks.graphs import cuda_graphs
-from maxmargin.models import LeNet5
-
 from maxmargin.losses import cross_entropy, soft_logit_margin
-
-from _timing import device_info, timeit, write_json
+from maxmargin.models import LeNet5
 
 
 def confident_labels(model: torch.nn.Module, x: torch.Tensor, share: float = 0.95) -> torch.Tensor:
@@ -66,12 +64,14 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"{'forward only':<28}{t_fwd * 1e3:>10.2f}{'':>10}{t_fwd / t_pass:>8.2f}  (of a fwd+bwd)")
     for k in args.steps:
         with cuda_graphs(args.cuda_graphs):
-            t = timeit(lambda: pgd(model, x, y, norm="linf", eps=0.3, steps=k), args.repeats)
+            t = timeit(lambda k=k: pgd(model, x, y, norm="linf", eps=0.3, steps=k), args.repeats)
         floor = k * t_pass
         rows.append({"attack": f"pgd-{k}", "seconds": t, "floor_seconds": floor, "ratio": t / floor})
         with cuda_graphs(args.cuda_graphs):
-            t_an = timeit(lambda: anpgd(model, x, y, norm="linf", eps_init=torch.full((args.batch,), 0.1, device=dev),
-                                        eps_max=0.4725, steps=k, search_steps=args.search_steps), args.repeats)
+            t_an = timeit(lambda k=k: anpgd(model, x, y, norm="linf",
+                                            eps_init=torch.full((args.batch,), 0.1, device=dev),
+                                            eps_max=0.4725, steps=k, search_steps=args.search_steps),
+                          args.repeats)
         floor_an = k * t_pass + (1 + args.search_steps) * t_fwd
         rows.append({"attack": f"anpgd-{k}+{args.search_steps}", "seconds": t_an, "floor_seconds": floor_an,
                      "ratio": t_an / floor_an, "ratio_to_pgd": t_an / t})

@@ -23,16 +23,15 @@ import subprocess
 import sys
 import time
 
+import _advlib
 import torch
+from _timing import device_info, write_json
+from training import pretrain
 
 from maxmargin.certify import certified_margin
 from maxmargin.data import load_dataset
 from maxmargin.margin import estimate_margin, margin_search
 from maxmargin.models import LeNet5
-
-import _advlib
-from _timing import device_info, write_json
-from training import pretrain
 
 CAPS = {"linf": 0.5, "l2": 8.0}
 
@@ -57,8 +56,9 @@ def upper(args, device) -> dict:
     out = {}
     for norm in ("linf", "l2"):
         rows = {}
-        for name, fn in (("ours (defaults)", lambda: estimate_margin(model, x, y, norm=norm, eps_max=CAPS[norm])),
-                         ("ours (margin_search)", lambda: margin_search(model, x, y, norm, CAPS[norm]))):
+        for name, fn in (("ours (defaults)",
+                          lambda norm=norm: estimate_margin(model, x, y, norm=norm, eps_max=CAPS[norm])),
+                         ("ours (margin_search)", lambda norm=norm: margin_search(model, x, y, norm, CAPS[norm]))):
             torch.manual_seed(0)
             t = time.perf_counter()
             rows[name] = (fn(), time.perf_counter() - t)

@@ -19,15 +19,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from maxmargin.attacks.graphs import set_cuda_graphs  # noqa: E402
-from maxmargin.config import apply_overrides, load_preset  # noqa: E402
-from maxmargin.methods import build_method  # noqa: E402
-from maxmargin.models import build_model  # noqa: E402
-from maxmargin.models.fast_paths import apply_fast_paths  # noqa: E402
-from maxmargin.train import make_optimizer  # noqa: E402
+from _timing import device_info, write_json
+from attacks import confident_labels
 
-from _timing import device_info, write_json  # noqa: E402
-from attacks import confident_labels  # noqa: E402
+from maxmargin.attacks.graphs import set_cuda_graphs
+from maxmargin.config import apply_overrides, load_preset
+from maxmargin.methods import build_method
+from maxmargin.models import build_model
+from maxmargin.models.fast_paths import apply_fast_paths
+from maxmargin.train import make_optimizer
 
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 
@@ -64,7 +64,7 @@ def main() -> None:
         idx = torch.arange(cfg.batch_size, device=dev)
         model.train()
 
-        def step(i: int) -> None:
+        def step(i: int, method=method, model=model, x=x, y=y, idx=idx, opt=opt) -> None:
             method.step = i
             loss, _ = method.loss(model, x, y, idx)
             opt.zero_grad(set_to_none=True)
@@ -86,7 +86,8 @@ def main() -> None:
         if dev.type == "cuda":
             row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rows.append(row)
-        print(f"{name} ({' '.join(args.set) or 'as preset'}): {1 / sec:.2f} steps/s, full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
+        print(f"{name} ({' '.join(args.set) or 'as preset'}): {1 / sec:.2f} steps/s, "
+              f"full run of {cfg.steps} steps ≈ {row['projected_hours']:.2f} h")
     write_json(args.out, {"benchmark": "presets", **device_info(dev), "results": rows})
 
 

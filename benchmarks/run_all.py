@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import attacks  # noqa: E402
-import training  # noqa: E402
-from _timing import device_info, write_json  # noqa: E402
+import attacks
+import training
+from _timing import device_info, write_json
 
 
 def peak_memory_mb(device: torch.device) -> float:

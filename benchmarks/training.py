@@ -20,13 +20,12 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from _timing import device_info, timeit, write_json
 
 from maxmargin.attacks.graphs import cuda_graphs
 from maxmargin.data import load_dataset
 from maxmargin.methods import MMA, PGDAT, Standard
 from maxmargin.models import LeNet5
-
-from _timing import device_info, timeit, write_json
 
 
 class PassCounter:
@@ -126,7 +125,7 @@ def run(argv: list[str] | None = None) -> dict:
         for name, method in methods.items():
             state = method.state_dict()
 
-            def step(method=method, state=state):
+            def step(method=method, state=state, x=x, y=y, idx=idx):
                 if state:
                     method.load_state_dict(state)
                 model.train()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model
 
 from maxmargin.attacks import anpgd, fgsm, pgd
 from maxmargin.margin import estimate_margin
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model
 
 BASE_EPS = {"linf": 0.1, "l2": 1.0}
 

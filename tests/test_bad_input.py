@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model
 
 from maxmargin.attacks import anpgd, fgsm, pgd
 from maxmargin.margin import estimate_margin
-
-from conftest import make_data, make_model
 
 
 @pytest.fixture

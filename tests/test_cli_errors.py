@@ -77,7 +77,8 @@ def test_a_bug_exits_1_in_a_real_process(tmp_path):
 def test_command_layer_checks_values_before_any_work(run):
     for kwargs, word in ((dict(protocol="fast"), "--protocol"), (dict(split="train"), "--split"),
                          (dict(eps=[0.1, float("nan")]), "finite"), (dict(eps=[-0.1]), ">= 0"),
-                         (dict(certify="exact"), "--certify"), (dict(n=0), "--n"), (dict(batch_size=0), "--batch-size")):
+                         (dict(certify="exact"), "--certify"), (dict(n=0), "--n"),
+                         (dict(batch_size=0), "--batch-size")):
         with pytest.raises(UserError, match=word):
             evaluate_run(run, **kwargs)
     with pytest.raises(UserError, match="--eps"):

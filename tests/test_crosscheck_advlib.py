@@ -11,11 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _advlib  # noqa: E402
+import _advlib
+from conftest import train_digits_cnn
 
-from maxmargin.margin import estimate_margin  # noqa: E402
-
-from conftest import train_digits_cnn  # noqa: E402
+from maxmargin.margin import estimate_margin
 
 ATTACKS = _advlib.load()
 pytestmark = pytest.mark.skipif(ATTACKS is None, reason="adv-lib not installed (pip install --no-deps adv-lib==0.2.8)")
@@ -50,4 +49,5 @@ def test_estimate_margin_matches_the_best_advlib_attack(digits_cnn, norm, cap):
     assert float((ratio <= 1.02).float().mean()) >= WITHIN_2PCT[norm], (float(ratio.max()), means)
     assert float(ratio.max()) <= 1.10, (float(ratio.max()), means)
     second = sorted(means.values())[1]
-    assert float(ours.mean()) <= min(means.values()) * 1.01 and float(ours.mean()) <= second, (float(ours.mean()), means)
+    assert float(ours.mean()) <= min(means.values()) * 1.01 and float(ours.mean()) <= second, \
+        (float(ours.mean()), means)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model
 
 from maxmargin.attacks import fgsm, pgd
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model
 
 fb = pytest.importorskip("foolbox", reason="foolbox is in the test extra: pip install -e '.[test]'")
 

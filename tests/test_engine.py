@@ -6,7 +6,10 @@ reads the clean logits, the targeted margin reads ``y`` as the class to reach.
 from __future__ import annotations
 
 import pytest
+import test_graphs
 import torch
+from conftest import make_data, make_model, own_confident_labels
+from test_graphs import Emulated
 from torch import nn
 
 from maxmargin.attacks import anpgd_search, graphs, pgd
@@ -15,8 +18,7 @@ from maxmargin.losses import OBJECTIVES, Objective, get_loss, get_objective, kl_
 from maxmargin.methods.trades import kl_pgd
 from maxmargin.norms import bcast, get_norm, per_example
 
-from conftest import make_data, make_model, own_confident_labels
-from test_graphs import Emulated, emulated  # noqa: F401  (the CPU stand-in for a captured graph)
+emulated = test_graphs.emulated   # the fixture: a CPU stand-in for a captured graph
 
 SHAPE = (1, 8, 8)
 EPS = {"linf": 0.1, "l2": 1.0}
@@ -147,7 +149,7 @@ def test_anpgd_ascends_any_untargeted_objective():
 
 
 @pytest.mark.parametrize("search", ["bisect", "secant"])
-def test_clean_logits_are_padded_inputs_of_a_replayed_graph(emulated, search):  # noqa: F811
+def test_clean_logits_are_padded_inputs_of_a_replayed_graph(emulated, search):
     model = make_model("conv", (1, 12, 12)).double().eval()
     x, _ = make_data(11, (1, 12, 12))
     x = x.double()

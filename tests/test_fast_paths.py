@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model
 
 from maxmargin.attacks import anpgd, pgd
 from maxmargin.checkpoint import load_model
 from maxmargin.cli import main
 from maxmargin.models.fast_paths import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

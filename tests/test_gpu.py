@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from conftest import make_data, make_model, own_confident_labels
 
 from maxmargin.attacks import anpgd, graphs, pgd
 from maxmargin.attacks.graphs import cuda_graphs
@@ -20,8 +21,6 @@ from maxmargin.methods.mma import MMA
 from maxmargin.models import build_model
 from maxmargin.models.fast_paths import Autocast, apply_fast_paths
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model, own_confident_labels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SHAPE = (1, 28, 28)
@@ -130,7 +129,8 @@ def test_graphed_pgd_still_rejects_labels_beyond_the_classes():
             pgd(model, x, torch.full_like(y, 10), eps=0.1, steps=3)
 
 
-@pytest.mark.parametrize("fast", [[], ["--set", "amp=bf16", "--set", "channels_last=true", "--set", "cuda_graphs=true"]])
+@pytest.mark.parametrize("fast", [[], ["--set", "amp=bf16", "--set", "channels_last=true",
+                                      "--set", "cuda_graphs=true"]])
 def test_mma_trains_on_gpu_and_its_checkpoint_loads_on_cpu(tmp_path, fast):
     assert main(["train", "--out", str(tmp_path / "r"), *TRAIN, *fast]) == 0
     last = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True, map_location="cpu")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_data, make_model, own_confident_labels
 
 from maxmargin.attacks import anpgd, graphs, pgd
 from maxmargin.norms import get_norm
-
-from conftest import make_data, make_model, own_confident_labels
 
 SHAPE = (1, 12, 12)
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import linear_problem
 
 from maxmargin.attacks import anpgd, anpgd_search, pgd
 from maxmargin.losses import logit_margin, soft_logit_margin
 from maxmargin.margin import estimate_margin
 from maxmargin.norms import get_norm
-
-from conftest import linear_problem
 
 WIDE = (-100.0, 100.0)
 CAP = {"linf": 2.0, "l2": 10.0}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import linear_problem
 
 from maxmargin.attacks import ddn
 from maxmargin.data import load_dataset
@@ -12,8 +13,6 @@ from maxmargin.methods.amm import deepfool_perturbation
 from maxmargin.methods.trades import kl_divergence, kl_pgd
 from maxmargin.models import SmallCNN
 from maxmargin.norms import get_norm
-
-from conftest import linear_problem
 
 WIDE = (-100.0, 100.0)
 

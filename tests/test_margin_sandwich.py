@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import exact_margin_2d, linear_problem, make_data, make_model, relu_net_2d
 from torch import nn
 
 from maxmargin.attacks import pgd
@@ -10,8 +11,6 @@ from maxmargin.certify import certified_margin
 from maxmargin.margin import estimate_margin, margin_search
 from maxmargin.models import LeNet5, SmallCNN, WideResNet
 from maxmargin.norms import get_norm
-
-from conftest import exact_margin_2d, linear_problem, make_data, make_model, relu_net_2d
 
 NORMS = ["linf", "l2"]
 

@@ -5,8 +5,14 @@ import math
 
 import pytest
 
-from maxmargin.norm_tables import (AUTOATTACK_NORMS, MARGIN_CAPS, default_eps_grid, paper_step_ratio,
-                                   table_eps_grid, universal_eps)
+from maxmargin.norm_tables import (
+    AUTOATTACK_NORMS,
+    MARGIN_CAPS,
+    default_eps_grid,
+    paper_step_ratio,
+    table_eps_grid,
+    universal_eps,
+)
 from maxmargin.norms import get_norm
 
 

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -155,10 +156,10 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
 def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypatch, capsys):
     import json
 
+    from conftest import tiny_preset
+
     import maxmargin.commands.quickstart as qs
     from maxmargin.norm_tables import table_eps_grid
-
-    from conftest import tiny_preset
 
     monkeypatch.setattr(qs, "load_preset", tiny_preset)
     monkeypatch.setattr(qs, "N_TEST", 20)

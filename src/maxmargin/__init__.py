@@ -1,6 +1,6 @@
 """maxmargin: Max-Margin Adversarial training and honest robustness evaluation."""
 __version__ = "0.1.0"
 
-from .runs import load_data, load_model  # noqa: E402  (the version first: the CLI reads it alone)
+from .runs import load_data, load_model
 
 __all__ = ["__version__", "load_model", "load_data"]

@@ -46,7 +46,8 @@ def model_from_arch(arch: dict[str, Any]) -> nn.Module:
     return build_model(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"])
 
 
-def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path, expected_arch: dict[str, Any] | None = None) -> None:
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path,
+                 expected_arch: dict[str, Any] | None = None) -> None:
     """Put a checkpoint's weights into ``model``; an architecture mismatch is a :class:`UserError`."""
     if expected_arch is not None and ckpt.get("arch") != expected_arch:
         raise UserError(f"{path} holds a {ckpt.get('arch')} model but this run builds {expected_arch}; "

@@ -20,6 +20,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume and out is not None and (out / "config.toml").is_file():
         cfg = load_toml(out / "config.toml")
     elif args.resume and args.preset is None:
+        assert out is not None  # --resume without --out raised above
         raise UserError(f"--resume: {out / 'config.toml'} does not exist, so {out} holds no run to continue; "
                         "start it with --preset NAME")
     elif args.preset is None:
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default="quick", choices=["quick", "paper", "autoattack"],
                    help="quick: PGD-50 CE and CW; paper: the MMA paper's Table-1 attacks; autoattack: AutoAttack "
                         "standard (default quick)")
-    e.add_argument("--eps", help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
+    e.add_argument("--eps",
+                   help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
     e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")

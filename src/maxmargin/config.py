@@ -23,12 +23,15 @@ import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 from .data import dataset_names
 from .errors import UserError
@@ -37,8 +40,8 @@ from .methods import get_method, method_names
 from .methods.base import Method
 from .models import is_model_spec, model_names
 from .norms import NORMS
-from .plugins import import_plugins
 from .options import KeyInfo, Options, coerce, key_infos, option, parse_text
+from .plugins import import_plugins
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Config:
     description: str = option("", "the one line `maxmargin presets` shows")
     # data
     dataset: str = option("digits", "dataset", choices=lambda: dataset_names())
-    data_dir: Optional[str] = option(None, "dataset folder (--data)")
+    data_dir: str | None = option(None, "dataset folder (--data)")
     val_size: int = option(1000, "validation images held out from the start of the training split", min=0)
     augment: bool = option(False, "reflect-pad 4 + random crop + horizontal flip")
     plugins: str = option("", "your modules to import first (comma-separated): they register methods, models "
@@ -82,7 +85,7 @@ class Config:
     val_pgd_step: float = option(0.01, "step of the validation PGD", min=0)
     val_pgd_steps: int = option(40, "steps of the validation PGD", positive=True)
     margin_eps_max: float = option(0.5, "cap of the validation margin estimate (MMA presets: 1.05·d_max)", min=0)
-    margin_eps_init: Optional[float] = option(None, "radius of its PGD (none = margin_eps_max/2; MMA presets: "
+    margin_eps_init: float | None = option(None, "radius of its PGD (none = margin_eps_max/2; MMA presets: "
                                                     "val_pgd_eps)", positive=True)
     margin_attack_loss: str = option("lm", "loss of its PGD (MMA presets: slm, as the official trainer)",
                                      choices=("lm", "slm"))
@@ -95,7 +98,7 @@ class Config:
     compile: bool = option(False, "CUDA only: torch.compile the model")
     cuda_graphs: bool = option(False, "CUDA only: replay the attacks' PGD loops as CUDA graphs")
     # the method's options; None = its defaults
-    options: Optional[Options] = dataclasses.field(default=None, metadata={"help": "", "table": True})
+    options: Options | None = dataclasses.field(default=None, metadata={"help": "", "table": True})
 
     def __post_init__(self) -> None:
         if self.options is None:
@@ -212,6 +215,8 @@ def _switch_options(old: Options | None, cls: type[Method]) -> Options:
 def _replace_options(options: Options | None, updates: dict[str, Any], source: str) -> Options:
     assert options is not None
     try:
+        # Options itself is no dataclass, so mypy sees no dataclass instance; a method's Options subclass
+        # always is one (register() refuses any other), which is all replace needs at run time
         return dataclasses.replace(options, **updates)  # type: ignore[type-var]
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
@@ -265,7 +270,7 @@ def apply_overrides(cfg: Config, pairs: list[str] | None) -> Config:
 
 # ---------------------------------------------------------------- presets and files
 
-def _preset_dir():  # type: ignore[no-untyped-def]
+def _preset_dir() -> Traversable:
     return resources.files("maxmargin") / "presets"
 
 
@@ -340,5 +345,5 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names", "quick_methods",
-           "to_toml", "describe", "method_keys", "write_atomic", "option"]
+__all__ = ["Config", "SHARED", "check", "from_dict", "apply_overrides", "load_preset", "load_toml", "preset_names",
+           "quick_methods", "to_toml", "describe", "method_keys", "write_atomic", "option"]

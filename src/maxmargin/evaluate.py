@@ -10,8 +10,9 @@ one broke that all earlier ones had missed.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -165,7 +166,7 @@ def random_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: Tensor
 
 def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
     try:
-        from pyautoattack import AutoAttack  # type: ignore[import-not-found]
+        from pyautoattack import AutoAttack
     except ImportError:
         raise UserError("protocol 'autoattack' needs the optional package: pip install -e \".[autoattack]\"") from None
     if tuple(bounds) != (0.0, 1.0):
@@ -245,6 +246,7 @@ class EvalPlan:
                     stage[alive[self._fooled(spec, x, y, alive, e, nrm)], i] = k + 1
                 bar.update(1)
             if self.margin_attack:
+                assert margins is not None  # given, or found by margin_search above
                 stage[(stage[:, i] == survived) & (margins <= e), i] = len(self.attacks) + 1
         bar.close()
         return stage, margins
@@ -289,7 +291,7 @@ class EvalPlan:
         res.reported_eps = below if below and len(below) < len(grid) else None
         res.flags = masking_flags(res.robust_accuracy, res.attacks, self.norm, y, shape, (lo, hi),
                                   res.margin_cdf_accuracy(), dead_gradient_share(self.model, x, y, self.batch_size))
-        if certified is not None:
+        if res.certified is not None:
             res.flags += certificate_flags(res.robust, res.certified, grid)
         return res
 

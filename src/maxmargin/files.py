@@ -9,9 +9,10 @@ target, and removes the temporary file if anything fails on the way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 __all__ = ["atomic_path", "save_torch_atomic", "write_bytes_atomic", "write_text_atomic", "write_with"]
 
@@ -57,6 +58,6 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> N
 
 def save_torch_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically (same argument order as ``torch.save``)."""
-    import torch   # here, not at the top: config.py imports this module, and `maxmargin presets` needs no torch
+    import torch  # here, not at the top: config.py imports this module, and `maxmargin presets` needs no torch
 
     write_with(path, lambda f: torch.save(obj, f))

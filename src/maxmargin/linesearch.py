@@ -34,8 +34,9 @@ models after one step).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,6 +83,7 @@ class Bracket:
         if self.known is not None:
             self.known = self.known | unsafe
         if f is not None:
+            assert self.f_lo is not None and self.f_hi is not None, "values at t need the values at the ends"
             self.f_hi = torch.where(_rows(unsafe, f), f, self.f_hi)
             self.f_lo = torch.where(_rows(unsafe, f), self.f_lo, f)
 
@@ -93,6 +95,8 @@ class Bracket:
         ``lo``. With one point per row this is :meth:`move`, less the points
         that do not lie inside the bracket.
         """
+        assert self.f_lo is not None and self.f_hi is not None and self.known is not None, \
+            "narrow needs f_lo, f_hi and known"
         up = torch.where(unsafe, pts, torch.full_like(pts, float("inf"))).min(1)
         down = torch.where(~unsafe & (pts < up.values[:, None]), pts, torch.full_like(pts, float("-inf"))).max(1)
         move_hi = up.values < self.hi
@@ -103,11 +107,12 @@ class Bracket:
         self.lo = torch.where(move_lo, down.values, self.lo)
         self.f_lo = torch.where(move_lo, f.gather(1, down.indices[:, None]).squeeze(1), self.f_lo)
 
-    def take(self, idx: Tensor) -> "Bracket":
+    def take(self, idx: Tensor) -> Bracket:
         """The bracket of rows ``idx`` (copies)."""
-        return replace(self, **{k: None if v is None else v[idx] for k, v in vars(self).items()})
+        rows: dict[str, Any] = {k: None if v is None else v[idx] for k, v in vars(self).items()}
+        return replace(self, **rows)
 
-    def put(self, idx: Tensor, sub: "Bracket") -> None:
+    def put(self, idx: Tensor, sub: Bracket) -> None:
         """Write the bracket ``sub`` of rows ``idx`` back (the inverse of :meth:`take`)."""
         for k, v in vars(self).items():
             if v is not None:
@@ -137,6 +142,7 @@ def bisect(evaluate: Evaluate, lo: Tensor, hi: Tensor, known: Tensor, steps: int
         for _ in range(steps):
             mid = br.midpoint()
             br.move(mid, evaluate(mid, None) >= 0)
+    assert br.known is not None  # set above; move keeps it a tensor
     return br.hi, br.known
 
 
@@ -171,8 +177,11 @@ def secant(
     running, a pair at its midpoint. Returns ``hi``, ``known`` and the number
     of evaluations spent.
     """
+    assert bracket.f_lo is not None and bracket.f_hi is not None and bracket.known is not None, \
+        "secant needs f_lo, f_hi and known"
     br = Bracket(bracket.lo.clone(), bracket.hi.clone(), bracket.f_lo.clone(), bracket.f_hi.clone(),
                  bracket.known.clone())
+    assert br.f_lo is not None and br.known is not None  # for mypy: set just above, and put writes into them
     lo, f_lo = br.lo, br.f_lo
     # where hi is unverified: the line through (s_eta, s_f) and (lo, f_lo) is extrapolated
     s_eta, s_f = (torch.zeros_like(lo), f_lo.clone()) if through is None else (through[0].clone(), through[1].clone())
@@ -188,6 +197,7 @@ def secant(
                 break
             a = br.take(act)
             a_lo, a_hi, a_flo, a_fhi, a_known = a.lo, a.hi, a.f_lo, a.f_hi, a.known
+            assert a_flo is not None and a_fhi is not None and a_known is not None  # for mypy: rows of br's
             a_tol, width = tol[act], a_hi - a_lo
             inside = a_lo - a_flo * width / (a_fhi - a_flo)
             slope = (a_flo - s_f[act]) / (a_lo - s_eta[act])
@@ -254,6 +264,7 @@ def largest_proven(bound: Callable[[Tensor], Tensor], f0: Tensor, cap: Tensor, s
         f_cap = bound(cap)
         done = f_cap.amin(1) > 0
         br = Bracket(torch.zeros_like(cap), cap.clone(), f0, f_cap)
+        assert br.f_lo is not None and br.f_hi is not None  # for mypy: set just above, and move keeps them tensors
         top = float(cap.max()) if cap.numel() else 0.0
         streak = torch.zeros_like(cap)         # +k: the proven end moved k times running, −k: the other end
         for _ in range(steps - 1):

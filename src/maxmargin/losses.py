@@ -13,8 +13,8 @@ loop as CE or CW. :func:`get_objective` finds one by name (``"ce"``,
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,8 @@
 """Per-example margin estimates: upper bounds on the distance to the decision boundary."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -152,7 +154,8 @@ def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: fl
     Every estimate is an example's own, so ``maxmargin margin`` splits the
     set across ``torchrun`` ranks with :func:`maxmargin.sharding.map_examples`.
     """
-    parts = [estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm, eps_max=eps_max,
-                             steps=50, search_steps=12, targets=3, rounds=2, bounds=bounds)
+    # without return_points, estimate_margin returns the margins alone
+    parts = [cast(Tensor, estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm, eps_max=eps_max,
+                                          steps=50, search_steps=12, targets=3, rounds=2, bounds=bounds))
              for s in range(0, x.shape[0], batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, device=x.device)

@@ -9,7 +9,7 @@ norm or a dataset family means adding a row here, nowhere else.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from .attacks._common import Bounds
 

@@ -11,7 +11,7 @@ Radii are per-example tensors of shape ``[B]``; perturbations have any shape
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import UserError
 
 
-def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+def option(default: Any = MISSING, help: str = "", *,
+           choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
            min: float | None = None, positive: bool = False, default_factory: Callable[[], Any] | None = None,
            ) -> Any:
     """A dataclass field with a one-line ``help``, optional ``choices`` and a lower bound.
@@ -37,7 +39,7 @@ class KeyInfo:
     """What a key is: its name, type, whether ``None`` is allowed, and its declared checks."""
 
     name: str
-    type: type
+    type: type[Any]
     optional: bool
     help: str
     # a callable for choices from a registry: read when used, so that later registrations count
@@ -146,6 +148,8 @@ class Options:
         """Checks against the run's shared keys (the norm); raise a :class:`UserError` naming both."""
 
     def to_dict(self) -> dict[str, Any]:
+        # Options itself is no dataclass, so mypy sees no dataclass instance; every subclass is one
+        # (register() refuses any other), which is all asdict needs at run time
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 

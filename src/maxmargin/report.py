@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+
 # The Figure API draws without pyplot's global state: importing this module leaves the caller's
 # matplotlib backend alone (a notebook keeps its inline one) and no figure lingers in a registry.
 from matplotlib.figure import Figure

@@ -10,7 +10,8 @@ the function, so one code path serves one process and many.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import Tensor
 

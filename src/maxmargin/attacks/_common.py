@@ -1,8 +1,8 @@
 """What every attack shares: argument checks, the frozen-model context, the box."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

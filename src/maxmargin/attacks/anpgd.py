@@ -196,7 +196,10 @@ def anpgd_search(
             # the paper's form: a fixed-shape PGD + bisection, one CUDA graph when graphs are on
             body = _pgd_then_bisect(model, nrm, pgd_loss, crit, box, search_steps)
             args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, emaxs, cs)
-            first = lambda t: check_labels(t, ys)   # noqa: E731
+
+            def first(t: Tensor) -> None:
+                check_labels(t, ys)
+
             tag = ("anpgd-bisect", nrm.name, pgd_loss, crit, box, search_steps)
             xa, eta, found = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
                               else body(list(args), steps, first))
@@ -253,7 +256,10 @@ def _pgd_then_secant(model: nn.Module, xs: Tensor, ys: Tensor, cs: Tensor, f0: T
         # one step from its returned point, places the first pair, and f(eps_init) costs no pass.
         body = _pgd_and_value(model, nrm, pgd_loss, crit, box)
         args = (xs, ys, pgd_start(xs, nrm, e0s, random_init, lo_box, hi_box), e0s, step, cs)
-        first = lambda t: check_labels(t, ys)   # noqa: E731
+
+        def first(t: Tensor) -> None:
+            check_labels(t, ys)
+
         tag = ("pgd-value", nrm.name, pgd_loss, crit, box)
         xa, f_near = (graphs.graphed(model, tag, body, args, steps, first) if graphs.usable(xs)
                       else body(list(args), steps, first))

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ from ._common import check_labels
 from .steps import pgd_loop
 
 _state = {"enabled": False}
-_graphs: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_graphs: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 _BUCKET = 16
 
 

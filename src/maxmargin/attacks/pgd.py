@@ -37,7 +37,10 @@ def pgd_steps(
     """
     objective = as_objective(loss_fn)
     x_adv = pgd_start(x, norm, eps, random_init, lo, hi)
-    check = lambda t: check_labels(t, y)   # noqa: E731
+
+    def check(t: Tensor) -> None:
+        check_labels(t, y)
+
     if graphs.usable(x):
         return graphed_pgd_loop(model, x, y, x_adv, norm, eps, steps, step_size, objective, lo, hi, check,
                                 clean_logits=clean_logits)

@@ -1,7 +1,7 @@
 """The PGD iteration itself: the one loop that eager attacks, CUDA-graph captures, AN-PGD and TRADES run."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

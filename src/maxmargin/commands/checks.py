@@ -8,7 +8,7 @@ checked here first, so that their mistakes are a one-line
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..certify import METHODS as CERTIFY_METHODS
 from ..errors import UserError

@@ -1,8 +1,8 @@
 """``maxmargin eval``: robust accuracy of a run over an ε grid, with gradient-masking checks."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..distributed import rank_world, shutdown
 from ..evaluate import EvalResult

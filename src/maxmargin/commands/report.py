@@ -1,8 +1,8 @@
 """``maxmargin report``: several evaluated runs in one table and one plot."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..report import compare_runs
 

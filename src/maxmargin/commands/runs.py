@@ -7,9 +7,9 @@ a checkpoint file inside one.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -6,10 +6,11 @@ indices (into ``train``) because MMA remembers a radius per example.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import cast
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class Dataset:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+        return cast(tuple[int, int, int], tuple(self.train.x.shape[1:]))  # images are [N, C, H, W]
 
 
 def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -62,7 +63,7 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 
 Arrays = tuple[np.ndarray, np.ndarray]
-Reader = Callable[[Optional[Path]], tuple[Arrays, Arrays, int]]
+Reader = Callable[[Path | None], tuple[Arrays, Arrays, int]]
 READERS: dict[str, Reader] = {}
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from .base import Method, NoOptions, build, get_method, method_names, register
-from .standard import Standard
-from .pgd_at import PGDAT
-from .mma import MMA
-from .trades import TRADES
 from .amm import AMM
+from .base import Method, NoOptions, build, get_method, method_names, register
+from .mma import MMA
+from .pgd_at import PGDAT
+from .standard import Standard
+from .trades import TRADES
 
 # Every module of this package registers its method on import: a new method is one new file.
 for _mod in pkgutil.iter_modules(__path__):

@@ -9,9 +9,9 @@ misclassified ones pulled towards the right side with ``λ·exp(d‖r‖₂)``
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

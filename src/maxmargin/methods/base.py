@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,7 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
-    def to(self, device: torch.device | str) -> "Method":
+    def to(self, device: torch.device | str) -> Method:
         return self
 
     def sync(self) -> None:
@@ -80,7 +81,7 @@ def register(name: str) -> Callable[[M], M]:
     def add(cls: M) -> M:
         opts = cls.Options
         if not (isinstance(opts, type) and issubclass(opts, Options) and is_dataclass(opts)
-                and opts.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+                and opts.__dataclass_params__.frozen):
             raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass subclassing maxmargin.options.Options")
         params = inspect.signature(cls.__init__).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -8,7 +8,6 @@ true class, which is where the paper finds misclassified examples matter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ class MARTOptions(Options):
     eps: float = option(0.3, "radius of the training PGD", min=0)
     steps: int = option(10, "PGD steps per training step", positive=True)
     beta: float = option(6.0, "weight of the misclassification-aware KL term (the paper's 6)", min=0)
-    step_size: Optional[float] = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
+    step_size: float | None = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
 
 
 def boosted_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:

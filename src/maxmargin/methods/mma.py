@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,9 @@ class MMAOptions(Options):
     steps: int = option(40, "PGD steps inside AN-PGD", positive=True)
     clean_weight: float = option(1.0 / 3.0, "weight c of the clean cross-entropy (MMA 1/3, OMMA 0)", min=0)
     search_steps: int = option(10, "line-search evaluations of AN-PGD", min=0)
-    eps_max: Optional[float] = option(None, "top of the line search (none = 1.05·d_max, as the official code)",
+    eps_max: float | None = option(None, "top of the line search (none = 1.05·d_max, as the official code)",
                                       positive=True)
-    eps_inc: Optional[float] = option(None, "none = official bracket [0, eps_max]; a number = the preprint's "
+    eps_inc: float | None = option(None, "none = official bracket [0, eps_max]; a number = the preprint's "
                                             "bracket [eps, eps + eps_inc]", min=0)
     refine: bool = option(False, "a second PGD at the radius found (preprint Algorithm 1)")
     search: str = option("bisect", "AN-PGD's line search: bisect (paper) or secant (fewer passes, same resolution)",
@@ -89,7 +89,7 @@ class MMA(Method):
     def metrics(self) -> dict[str, float]:
         return {"mean_eps": float(self.eps.mean())}
 
-    def to(self, device) -> "MMA":
+    def to(self, device) -> MMA:
         self.eps = self.eps.to(device)
         self.updated = self.updated.to(device)
         return self

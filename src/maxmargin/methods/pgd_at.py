@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import pgd
+from ..attacks.pgd import pgd
 from ..distributed import unwrap
 from ..losses import LOSSES
 from ..options import Options, option
@@ -19,7 +18,7 @@ class PGDATOptions(Options):
     eps: float = option(0.3, "radius of the training PGD", min=0)
     steps: int = option(40, "PGD steps per training step", positive=True)
     ls_steps: int = option(0, "PGDLS: eps grows linearly over this many training steps (0 = off)", min=0)
-    step_size: Optional[float] = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
+    step_size: float | None = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
     attack_loss: str = option("ce", "loss the PGD ascends (paper presets: slm)", choices=lambda: tuple(LOSSES))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,7 @@ class TRADESOptions(Options):
     eps: float = option(0.3, "radius of the KL-maximizing PGD", min=0)
     steps: int = option(40, "steps of the KL-maximizing PGD", positive=True)
     beta: float = option(6.0, "weight of the KL term", min=0)
-    step_size: Optional[float] = option(None, "step of the KL PGD (none = 2.5·eps/steps)", min=0)
+    step_size: float | None = option(None, "step of the KL PGD (none = 2.5·eps/steps)", min=0)
 
 
 @register("trades")

@@ -12,7 +12,7 @@ searched first, as ``python -m`` does). A module that calls
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -6,7 +6,8 @@ float32 logits.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +49,10 @@ def apply_fast_paths(model: nn.Module, amp: str, channels_last: bool, compile: b
         notice(f"note: {', '.join(cuda_only)} only apply on a CUDA GPU; ignored on {device.type}")
         amp, compile = "off", False
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's stubs omit it from the overloads
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if amp != "off" or channels_last:
         model = Autocast(model, torch.bfloat16 if amp == "bf16" else None, channels_last)
     if compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))  # compiling a Module gives an OptimizedModule
     return model

@@ -7,8 +7,8 @@ the raw image space.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 class PerImageStandardize(nn.Module):
