@@ -11,7 +11,8 @@ covers (:mod:`.registry`). The ops, one file per family:
   arithmetic with constants (an input normalization): exact;
 * :mod:`.pooling`: max pooling (relaxed) and average pooling, adaptive
   average pooling, ``mean`` (exact);
-* :mod:`.activations`: ReLU (relaxed by two lines per neuron);
+* :mod:`.activations`: ReLU, LeakyReLU, Sigmoid, Tanh (relaxed by two lines
+  per neuron);
 * :mod:`.standardize`: the per-image standardization
   :func:`per_image_standardize` (interval bounds only: linear bound
   propagation stops there and uses its interval).
@@ -39,13 +40,14 @@ Write one class and register it; nothing else changes::
     from maxmargin.bounds import BoundOp, bound_op
 
     @bound_op(nn.Hardtanh, F.hardtanh, "hardtanh")   # module classes, functions, Tensor method names
-    class Hardtanh(BoundOp):                         # or Affine
+    class Hardtanh(Elementwise):                     # or BoundOp / Affine
         relaxed = True                               # its backward uses its input's interval bounds
         @classmethod
         def from_call(cls, call):                    # read options from call.module or call.option(...)
             return cls(...)                          # raise Unsupported("why") to refuse a configuration
         def interval(self, ins): ...                 # output bounds from input bounds
-        def backward(self, a, ins, in_shapes): ...   # -> ([coef per input], const): a linear lower bound;
+        def lines(self, lo, hi): ...                 # Elementwise: two sound lines per neuron
+        # or backward(self, a, ins, in_shapes) -> ([coef per input], const) for a general op;
         # return None from backward for an op with no linear bound (the driver uses its interval).
 
 Affine maps subclass :class:`Affine` and give ``fn`` (``W z + b``),
@@ -59,7 +61,7 @@ raises ``ValueError`` naming it and where it is in the model.
 from __future__ import annotations
 
 from . import activations, affine, arithmetic, pooling, standardize  # noqa: F401  (registers the ops)
-from .activations import Relu
+from .activations import Elementwise, LeakyRelu, Relu, Sigmoid, SShaped, Tanh
 from .affine import Affine, BatchNorm, Conv, Linear, Reshape
 from .arithmetic import Add, Scale, Shift
 from .graph import Input, Node, trace
@@ -76,6 +78,6 @@ __all__ = [
     "Region", "interval_lower", "layer_bounds", "margin_lower_bounds", "CROWN_INTERMEDIATE_BUDGET",
     "Affine", "Linear", "Conv", "BatchNorm", "Reshape", "Add", "Shift", "Scale",
     "MaxPool", "AvgPool", "AdaptiveAvgPool", "Mean",
-    "Relu",
+    "Relu", "LeakyRelu", "Elementwise", "SShaped", "Sigmoid", "Tanh",
     "Standardize", "per_image_standardize",
 ]
