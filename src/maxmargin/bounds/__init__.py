@@ -66,18 +66,51 @@ from .affine import Affine, BatchNorm, Conv, Linear, Reshape
 from .arithmetic import Add, Scale, Shift
 from .graph import Input, Node, trace
 from .pooling import AdaptiveAvgPool, AvgPool, MaxPool, Mean
-from .propagate import CROWN_INTERMEDIATE_BUDGET, Region, interval_lower, layer_bounds, margin_lower_bounds
+from .propagate import (
+    CROWN_INTERMEDIATE_BUDGET,
+    Region,
+    interval_lower,
+    layer_bounds,
+    margin_lower_bounds,
+)
 from .registry import BoundOp, Call, Interval, Unsupported, bound_op
 from .standardize import Standardize, per_image_standardize
 
 Op = BoundOp    # the name before bound ops had a registry
 
 __all__ = [
-    "BoundOp", "Op", "Call", "Interval", "Unsupported", "bound_op",
-    "Node", "Input", "trace",
-    "Region", "interval_lower", "layer_bounds", "margin_lower_bounds", "CROWN_INTERMEDIATE_BUDGET",
-    "Affine", "Linear", "Conv", "BatchNorm", "Reshape", "Add", "Shift", "Scale",
-    "MaxPool", "AvgPool", "AdaptiveAvgPool", "Mean",
-    "Relu", "LeakyRelu", "Elementwise", "SShaped", "Sigmoid", "Tanh",
-    "Standardize", "per_image_standardize",
+    "CROWN_INTERMEDIATE_BUDGET",
+    "AdaptiveAvgPool",
+    "Add",
+    "Affine",
+    "AvgPool",
+    "BatchNorm",
+    "BoundOp",
+    "Call",
+    "Conv",
+    "Elementwise",
+    "Input",
+    "Interval",
+    "LeakyRelu",
+    "Linear",
+    "MaxPool",
+    "Mean",
+    "Node",
+    "Op",
+    "Region",
+    "Relu",
+    "Reshape",
+    "SShaped",
+    "Scale",
+    "Shift",
+    "Sigmoid",
+    "Standardize",
+    "Tanh",
+    "Unsupported",
+    "bound_op",
+    "interval_lower",
+    "layer_bounds",
+    "margin_lower_bounds",
+    "per_image_standardize",
+    "trace",
 ]

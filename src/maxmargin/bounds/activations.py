@@ -79,7 +79,7 @@ class LeakyRelu(Elementwise):
         self.alpha = float(negative_slope)
 
     @classmethod
-    def from_call(cls, call: Call) -> "LeakyRelu":
+    def from_call(cls, call: Call) -> LeakyRelu:
         if call.module is not None:
             return cls(call.module.negative_slope)
         call.only_first_tensor()

@@ -9,7 +9,8 @@ norms (which is why ``sq_fn`` is required: the L2 ball needs ``‖W_i‖₂``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import Tensor, nn
 
 from ..norms import bcast
 from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
+
+if TYPE_CHECKING:
+    from .propagate import Region
 
 
 class Affine(BoundOp):
@@ -73,7 +77,7 @@ class Affine(BoundOp):
         coef, const = self.back(a.reshape(b * s, *a.shape[2:]), in_shapes[0])
         return [coef.reshape(b, s, *in_shapes[0])], const.reshape(b, s)
 
-    def input_interval(self, region: Any) -> Interval:
+    def input_interval(self, region: Region) -> Interval:
         """Over the input region: the tighter of the box's interval and the ball's ``W x0 + b ± r ‖W_i‖_*``."""
         lo, hi = self.interval([region.box()])
         ones = torch.ones_like(region.x0[:1])
@@ -102,7 +106,7 @@ class Linear(Affine):
         self.fan_in = weight[0].numel()
 
     @classmethod
-    def from_call(cls, call: Call) -> "Linear":
+    def from_call(cls, call: Call) -> Linear:
         m = call.module
         if m is None:
             return cls(*_weights(call))
@@ -131,7 +135,7 @@ class Conv(Affine):
         self.fan_in = weight[0].numel()
 
     @classmethod
-    def from_call(cls, call: Call) -> "Conv":
+    def from_call(cls, call: Call) -> Conv:
         m = call.module
         if m is None:
             w, b = _weights(call)
@@ -160,7 +164,7 @@ class BatchNorm(Affine):
         self.s, self.t = scale, shift
 
     @classmethod
-    def from_call(cls, call: Call) -> "BatchNorm":
+    def from_call(cls, call: Call) -> BatchNorm:
         m = call.module
         if m.running_mean is None or m.running_var is None:
             raise Unsupported("no running statistics: it has no fixed affine form in eval mode")
@@ -193,7 +197,7 @@ class Reshape(Affine):
         self.shape = shape
 
     @classmethod
-    def from_call(cls, call: Call) -> "Reshape":
+    def from_call(cls, call: Call) -> Reshape:
         call.only_first_tensor()
         if call.target is F.dropout and call.option(2, "training", True):
             raise Unsupported("dropout in training mode (training=True) is random, not a fixed function")

@@ -87,7 +87,7 @@ class Scale(Affine):
         self.c = 1 / c if divide else c
 
     @classmethod
-    def from_call(cls, call: Call) -> "Scale":
+    def from_call(cls, call: Call) -> Scale:
         _refuse_extras(call)
         ca, cb = call.const(call.args[0]), call.const(call.args[1])
         if len(call.tensors) != 1:

@@ -12,8 +12,19 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from .registry import (BoundOp, Call, Interval, Unsupported, leaf_functions, leaf_module_types, lookup_call,
-                       lookup_module, qualified_name, supported_layers, type_name)
+from .registry import (
+    BoundOp,
+    Call,
+    Interval,
+    Unsupported,
+    leaf_functions,
+    leaf_module_types,
+    lookup_call,
+    lookup_module,
+    qualified_name,
+    supported_layers,
+    type_name,
+)
 
 
 class Input(BoundOp):
@@ -69,7 +80,7 @@ def trace(model: nn.Module, example: Tensor) -> list[Node]:
         ShapeProp(gm).propagate(example[:1])
     except ValueError:
         raise
-    except Exception as err:   # fx raises many kinds for untraceable models and shape mismatches
+    except Exception as err:  # noqa: BLE001  (fx raises many kinds for untraceable models and shape mismatches)
         raise ValueError(f"certified_margin cannot trace {type(model).__name__} on inputs of shape "
                          f"{tuple(example.shape[1:])}: {type(err).__name__}: {err}") from None
 

@@ -7,14 +7,15 @@ because every input of one window carries the same weight ``1/divisor``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .affine import Affine
-from .registry import BoundOp, Call, Interval, Unsupported, bound_op
+from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -35,7 +36,7 @@ class MaxPool(BoundOp):
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
 
     @classmethod
-    def from_call(cls, call: Call) -> "MaxPool":
+    def from_call(cls, call: Call) -> MaxPool:
         call.only_first_tensor()
         m = call.module
         if m is not None:
@@ -87,7 +88,7 @@ class MaxPool(BoundOp):
         coef = coef[..., ph:ph + in_shape[-2], pw:pw + in_shape[-1]]
         return coef.reshape(b, s, *in_shape), const
 
-    def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]):
+    def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
         lo, hi = ins[0]
         coef, const = self.back(a, lo, hi, in_shapes[0])
         return [coef], const
@@ -126,7 +127,7 @@ class AvgPool(_Average):
         self.dims, self.options = dims, options
 
     @classmethod
-    def from_call(cls, call: Call) -> "AvgPool":
+    def from_call(cls, call: Call) -> AvgPool:
         call.only_first_tensor()
         m = call.module
         dims = len(call.out_shape) - 1
@@ -173,7 +174,7 @@ class AdaptiveAvgPool(_Average):
         self.counts = size
 
     @classmethod
-    def from_call(cls, call: Call) -> "AdaptiveAvgPool":
+    def from_call(cls, call: Call) -> AdaptiveAvgPool:
         call.only_first_tensor()
         m = call.module
         if m is not None:
@@ -181,7 +182,7 @@ class AdaptiveAvgPool(_Average):
         else:
             f, args = call.target, [call.const(a) for a in call.args[1:]]
             kwargs = {k: call.const(v) for k, v in call.kwargs.items()}
-            fn = lambda z: f(z, *args, **kwargs)  # noqa: E731
+            fn = lambda z: f(z, *args, **kwargs)
         dims = len(call.out_shape) - 1
         return cls(fn, call.in_shapes[0][-dims:], call.out_shape[-dims:])
 
@@ -198,7 +199,7 @@ class Mean(_Average):
         self.ratio = ratio
 
     @classmethod
-    def from_call(cls, call: Call) -> "Mean":
+    def from_call(cls, call: Call) -> Mean:
         call.only_first_tensor()
         if call.kwargs.get("dtype") is not None:
             raise Unsupported("mean with dtype=")

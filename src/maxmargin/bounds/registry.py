@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:      # propagate imports this module
+    from .propagate import Region
 
 Interval = tuple[Tensor, Tensor]
 """Elementwise lower and upper bounds, each ``[B, *shape]``."""
@@ -51,7 +55,7 @@ class BoundOp:
     fan_in: int = 1
 
     @classmethod
-    def from_call(cls, call: "Call") -> "BoundOp":
+    def from_call(cls, call: Call) -> BoundOp:
         """The op for one traced call of a registered module or function; raise :class:`Unsupported` to refuse."""
         return cls()
 
@@ -72,12 +76,11 @@ class BoundOp:
         """
         return None
 
-    def input_interval(self, region: Any) -> Interval:
+    def input_interval(self, region: Region) -> Interval:
         """Bounds of the output when the op is applied to the model input itself, over ``region``.
 
-        ``region`` is a :class:`~maxmargin.bounds.propagate.Region` (the
-        ball intersected with the box). The default uses the region's box;
-        affine ops override it to use the ball too.
+        ``region`` is the ball intersected with the box. The default uses
+        the region's box; affine ops override it to use the ball too.
         """
         return self.interval([region.box()])
 
