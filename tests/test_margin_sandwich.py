@@ -156,8 +156,8 @@ def test_wide_resnet_certifies_with_ibp_and_its_standardization_bounds_hold():
 def test_bad_input_is_one_clear_error():
     net = relu_net_2d(0)
     x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.int64)
-    with pytest.raises(ValueError, match="Tanh"):
-        certified_margin(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3)), x, y)
+    with pytest.raises(ValueError, match="SiLU"):
+        certified_margin(nn.Sequential(nn.Linear(2, 4), nn.SiLU(), nn.Linear(4, 3)), x, y)
     with pytest.raises(ValueError, match="eps_max"):
         certified_margin(net, x, y, eps_max=0.0)
     with pytest.raises(ValueError, match="shape"):
