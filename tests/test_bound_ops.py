@@ -319,7 +319,8 @@ def test_average_pooling_on_the_input_bounds_the_l2_ball_exactly(name, factory, 
     assert torch.allclose(op.sq_fn(ones).flatten(), (w * w).sum(1), atol=1e-12), "W² z is not the squared weights"
     centre = pool(x).flatten(1)
     ball = r[:, None] * (w * w).sum(1).sqrt()
-    box_lo, box_hi = (x - r.reshape(-1, *[1] * len(shape))).clamp(0, 1), (x + r.reshape(-1, *[1] * len(shape))).clamp(0, 1)
+    rr = r.reshape(-1, *[1] * len(shape))
+    box_lo, box_hi = (x - rr).clamp(0, 1), (x + rr).clamp(0, 1)
     # W ≥ 0: the box's interval is the pool of the box's ends
     want_lo = torch.maximum(pool(box_lo).flatten(1), centre - ball)
     want_hi = torch.minimum(pool(box_hi).flatten(1), centre + ball)

@@ -80,7 +80,7 @@ def trace(model: nn.Module, example: Tensor) -> list[Node]:
         ShapeProp(gm).propagate(example[:1])
     except ValueError:
         raise
-    except Exception as err:  # noqa: BLE001  (fx raises many kinds for untraceable models and shape mismatches)
+    except Exception as err:     # fx raises many kinds for untraceable models and shape mismatches
         raise ValueError(f"certified_margin cannot trace {type(model).__name__} on inputs of shape "
                          f"{tuple(example.shape[1:])}: {type(err).__name__}: {err}") from None
 
@@ -115,7 +115,8 @@ def trace(model: nn.Module, example: Tensor) -> list[Node]:
             where = "the input"
         else:
             positions = [k for k, a in enumerate(n.args) if isinstance(a, fx.Node) and a in index]
-            call = Call(kind=n.op, target=n.target, module=gm.get_submodule(n.target) if n.op == "call_module" else None,
+            module = gm.get_submodule(str(n.target)) if n.op == "call_module" else None
+            call = Call(kind=n.op, target=n.target, module=module,
                         args=tuple(n.args), kwargs=dict(n.kwargs), tensors=positions,
                         in_shapes=[nodes[index[n.args[k]]].shape for k in positions], out_shape=shape,
                         where=_where(n, gm, model, wrapped), _const=const)
@@ -156,7 +157,7 @@ def _path(path: str, wrapped: bool) -> str:
 def _where(n: fx.Node, gm: fx.GraphModule, model: nn.Module, wrapped: bool) -> str:
     """``layer 'features.3' (torch.nn....SiLU)`` or ``torch.sin in 'block' (pkg.Block)``, for messages."""
     if n.op == "call_module":
-        module = gm.get_submodule(n.target)
+        module = gm.get_submodule(str(n.target))
         path = _path(str(n.target), wrapped)
         return f"layer '{path}' ({type_name(module)})" if path else f"the model ({type_name(module)})"
     name = qualified_name(n.target)
@@ -171,9 +172,10 @@ def _where(n: fx.Node, gm: fx.GraphModule, model: nn.Module, wrapped: bool) -> s
 def _evaluate_constant(gm: fx.GraphModule, n: fx.Node, const: Any) -> Any:
     args, kwargs = const(n.args), const(n.kwargs)
     if n.op == "call_method":
-        return getattr(args[0], n.target)(*args[1:], **kwargs)
+        return getattr(args[0], str(n.target))(*args[1:], **kwargs)
     if n.op == "call_module":
-        return gm.get_submodule(n.target)(*args, **kwargs)
+        return gm.get_submodule(str(n.target))(*args, **kwargs)
+    assert callable(n.target)    # call_function: fx stores the function itself
     return n.target(*args, **kwargs)
 
 

@@ -19,7 +19,14 @@ from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_
 
 
 def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _bound_call(f: Callable[..., Tensor], args: list[Any], kwargs: dict[str, Any]) -> Callable[[Tensor], Tensor]:
+    """``f(z, *args, **kwargs)`` as a function of ``z`` alone."""
+    def fn(z: Tensor) -> Tensor:
+        return f(z, *args, **kwargs)
+    return fn
 
 
 _MAXPOOL_OPTIONS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
@@ -180,9 +187,8 @@ class AdaptiveAvgPool(_Average):
         if m is not None:
             fn = m
         else:
-            f, args = call.target, [call.const(a) for a in call.args[1:]]
-            kwargs = {k: call.const(v) for k, v in call.kwargs.items()}
-            fn = lambda z: f(z, *args, **kwargs)
+            fn = _bound_call(call.target, [call.const(a) for a in call.args[1:]],
+                             {k: call.const(v) for k, v in call.kwargs.items()})
         dims = len(call.out_shape) - 1
         return cls(fn, call.in_shapes[0][-dims:], call.out_shape[-dims:])
 

@@ -6,6 +6,7 @@ flags ``linear``, ``relaxed`` and ``fan_in``. The graph's node 0 is the input.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +57,7 @@ def interval_lower(a: Tensor, box: Interval) -> Tensor:
     return (flat * (lo + hi) / 2).sum(2) - (flat.abs() * (hi - lo) / 2).sum(2)
 
 
-def _backward(nodes: list[Node], start: int, a: Tensor, bounds: list[Interval | None], region: Region,
+def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interval | None], region: Region,
               relax: bool) -> Tensor:
     """Lower bound of ``a · node[start]`` (``a``: ``[B, S, *shape]``) as ``[B, S]``.
 

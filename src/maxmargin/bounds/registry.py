@@ -98,7 +98,8 @@ class Call:
 
     kind: str                                   # "call_module" | "call_function" | "call_method"
     target: Any
-    module: nn.Module | None
+    # Any, not nn.Module | None: ops read their own layer's attributes (weight, running_mean, ...)
+    module: Any
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     tensors: list[int]
