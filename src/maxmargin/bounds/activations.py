@@ -7,6 +7,7 @@ negative (CROWN, Zhang et al. 2018).
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -52,9 +53,9 @@ class Elementwise(BoundOp):
 
     relaxed: ClassVar[bool] = True
 
+    @abstractmethod
     def lines(self, lo: Tensor, hi: Tensor) -> Lines:
         """``(sl, bl, su, bu)`` with ``sl·z + bl ≤ f(z) ≤ su·z + bu`` for every ``z`` in ``[lo, hi]``."""
-        raise NotImplementedError
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
         lo, hi = ins[0]
@@ -125,11 +126,13 @@ class SShaped(Elementwise):
 
     bisection_steps: ClassVar[int] = 30
 
+    @abstractmethod
     def f(self, z: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The activation."""
 
+    @abstractmethod
     def df(self, z: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Its derivative."""
 
     def interval(self, ins: list[Interval]) -> Interval:
         lo, hi = ins[0]

@@ -9,6 +9,7 @@ norms (which is why ``sq_fn`` is required: the L2 ball needs ``‖W_i‖₂``).
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -36,17 +37,17 @@ class Affine(BoundOp):
     matrix: Tensor | None = None
     _bias: Tensor | None = None
 
+    @abstractmethod
     def fn(self, z: Tensor) -> Tensor:
         """``W z + b``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def abs_fn(self, z: Tensor) -> Tensor:
         """``|W| z`` (no bias)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sq_fn(self, z: Tensor) -> Tensor:
         """``W² z`` (elementwise square of ``W``, no bias)."""
-        raise NotImplementedError
 
     def bias(self, in_shape: tuple[int, ...], like: Tensor) -> Tensor:
         """``b``, computed once per dtype as the map of a zero input."""

@@ -7,6 +7,7 @@ because every input of one window carries the same weight ``1/divisor``.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -112,9 +113,9 @@ class _Average(Affine):
 
     abs_fn = fn     # non-negative weights
 
+    @abstractmethod
     def row_weight(self, z: Tensor) -> Tensor:
         """Each output's weight (``1/divisor``), broadcastable against ``fn(z)``."""
-        raise NotImplementedError
 
     def sq_fn(self, z: Tensor) -> Tensor:
         # Σ_j W_ij² z_j = w_i Σ_j W_ij z_j: all weights of row i equal w_i

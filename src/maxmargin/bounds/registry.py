@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -33,7 +34,7 @@ class Unsupported(Exception):
     """
 
 
-class BoundOp:
+class BoundOp(ABC):
     """One operation of the traced network, as the bound propagation sees it.
 
     Subclasses implement :meth:`interval` (always) and :meth:`backward`
@@ -59,9 +60,10 @@ class BoundOp:
         """The op for one traced call of a registered module or function; raise :class:`Unsupported` to refuse."""
         return cls()
 
+    @abstractmethod
     def interval(self, ins: list[Interval]) -> Interval:
         """Bounds of the output given interval bounds of the inputs (sound; as tight as cheaply possible)."""
-        raise NotImplementedError
+        ...  # every op bounds its output from its inputs' intervals
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep | None:
         """Linear lower bound of ``a · out`` in terms of the inputs.
