@@ -150,7 +150,7 @@ def _read(path: Path) -> bytes:
 
 def read_sealed_zip(path: str | Path, what: str = "maxmargin checkpoint",
                     fix: str = "restore it or retrain") -> tuple[bytes, bool]:
-    """The bytes ``torch.save`` wrote to ``path``, and whether a checksum vouched for them.
+    """The bytes of the torch file ``path`` (its comment ``torch.load`` skips), and whether a checksum vouched for them.
 
     A file with a checksum that does not match, or that does not end like a
     zip archive (a partial copy), is a :class:`CorruptFileError` naming
@@ -161,13 +161,14 @@ def read_sealed_zip(path: str | Path, what: str = "maxmargin checkpoint",
     data = _read(path)
     n, end = len(data), len(data) - TRAILER
     if end >= _EOCD_LEN and data[end - _EOCD_LEN:end - _EOCD_LEN + 4] == _EOCD:
-        digest = data[end + len(MAGIC):]
-        original = data[:end - 2] + b"\0\0"
+        # the digest is of what torch.save wrote: the archive with an empty comment (length 0)
+        sha = hashlib.sha256(memoryview(data)[:end - 2])
+        sha.update(b"\0\0")
         if (data[end - 2:end] != TRAILER.to_bytes(2, "little") or data[end:end + len(MAGIC)] != MAGIC
-                or hashlib.sha256(original).hexdigest().encode() != digest):
+                or sha.hexdigest().encode() != data[end + len(MAGIC):]):
             raise CorruptFileError(f"{path} is corrupt: its SHA-256 does not match (a flipped bit or a partial "
                                    f"copy); {fix}")
-        return original, True
+        return data, True
     if n >= _EOCD_LEN and data[-_EOCD_LEN:-_EOCD_LEN + 4] == _EOCD and data[-2:] == b"\0\0":
         return data, False
     if data[:4] == b"PK\x03\x04":
