@@ -1,8 +1,6 @@
-"""Checkpoints: written to a temporary file and renamed, loaded with ``weights_only=True`` only."""
+"""Checkpoints: written to a temporary file and renamed with their SHA-256, loaded with ``weights_only=True`` only."""
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +9,11 @@ from torch import nn
 
 from .config import Config, check, from_dict
 from .errors import UserError
-from .files import save_torch_atomic
+from .files import CorruptFileError, load_torch_checked, save_torch_atomic
 from .models import build_model
 
 FORMAT = "maxmargin-checkpoint-1"
+_FAMILY = FORMAT.rsplit("-", 1)[0]
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -23,17 +22,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a maxmargin checkpoint; anything else is a one-line :class:`UserError`."""
+    """Load a maxmargin checkpoint, its SHA-256 checked; anything else is a one-line :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is truncated or not a maxmargin checkpoint ({first[:120]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a maxmargin checkpoint (no '{FORMAT}' marker)")
+    def accept(ckpt: Any) -> None:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if isinstance(found, str) and found.startswith(_FAMILY + "-") and found != FORMAT:
+            raise CorruptFileError(f"{path}: field \"format\" is {found!r}, but this maxmargin reads {FORMAT!r} "
+                                   "(a newer maxmargin wrote it?); upgrade maxmargin")
+        if found != FORMAT:
+            raise UserError(f"{path} is not a maxmargin checkpoint (no '{FORMAT}' marker)")
+
+    ckpt: dict[str, Any] = load_torch_checked(path, device, accept=accept)
     return ckpt
 
 
@@ -50,12 +51,18 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path,
                  expected_arch: dict[str, Any] | None = None) -> None:
     """Put a checkpoint's weights into ``model``; an architecture mismatch is a :class:`UserError`."""
     if expected_arch is not None and ckpt.get("arch") != expected_arch:
-        raise UserError(f"{path} holds a {ckpt.get('arch')} model but this run builds {expected_arch}; "
-                        "use a checkpoint of the same preset or another --out")
+        found = ckpt.get("arch")
+        theirs: dict[str, Any] = found if isinstance(found, dict) else {}
+        diff = "; ".join(f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in expected_arch.items()
+                         if theirs.get(k) != v)
+        raise UserError(f"{path} holds another model than this run builds (field \"arch\": {diff}); "
+                        "use a checkpoint of the same preset and dataset, or another --out")
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as e:
-        raise UserError(f"{path} does not fit the model ({str(e).splitlines()[0][:120]})") from None
+        # torch's first line only says "Error(s) in loading state_dict for X:"; the second names the keys
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()][:2]
+        raise UserError(f"{path} does not fit the model: {' '.join(lines) or type(e).__name__}") from None
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any]]:
@@ -69,6 +76,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
         else:
             raise UserError(f"{path} holds no checkpoints/best.pt or checkpoints/last.pt; is it a run directory?")
     ckpt = load_checkpoint(path, device)
+    if not isinstance(ckpt.get("arch"), dict):
+        raise UserError(f"{path} lacks the field \"arch\" (which model it holds); not a checkpoint maxmargin wrote")
     model = model_from_arch(ckpt["arch"]).to(device)
     load_weights(model, ckpt, path)
     model.eval()

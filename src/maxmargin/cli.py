@@ -49,11 +49,16 @@ def _is_main() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .files import WriteError
     from .train import train
 
     cfg, out = resolve_config(args)
     try:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    except WriteError as e:
+        # the last checkpoint that did get written is whole: the run goes on from it
+        raise e.then(f"continue with `maxmargin train --out {out} --resume`"
+                     if (out / "checkpoints" / "last.pt").is_file() else "start the run again") from None
     finally:
         _shutdown()
     if _is_main():

@@ -302,7 +302,11 @@ def load_toml(path: Path) -> Config:
         raise UserError(f"{path} is missing") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML ({e}); fix or delete it") from None
-    return check(from_dict(values, source=str(path)))
+    try:
+        return check(from_dict(values, source=str(path)))
+    except UserError as e:
+        # check() names the key, not the file it came from
+        raise UserError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def _toml_value(v: Any) -> str:

@@ -111,8 +111,10 @@ def coerce(info: KeyInfo, value: Any, where: str) -> Any:
     if info.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if info.type is list:
-        if not isinstance(value, list):
-            raise UserError(f"{where} must be a list, got {value!r}")
+        # every list key is numeric (milestones, rates); anything else would fail far from the file
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            raise UserError(f"{where} must be a list of numbers, got {value!r}")
         return value
     if not isinstance(value, info.type) or (info.type is int and isinstance(value, bool)):
         raise UserError(f"{where} must be of type {info.type.__name__}, got {value!r}")

@@ -1,7 +1,6 @@
 """Reports: ``eval.json``, ``report.md`` and PNG plots for one run, and comparisons of several."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,10 @@ from torch import Tensor
 
 from .errors import UserError
 from .evaluate import EvalResult
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, read_json_sealed, write_json_sealed, write_text_atomic
+
+# eval.json's "format": a maxmargin that reads another refuses the file instead of misreading it
+EVAL_FORMAT = "maxmargin-eval-1"
 
 
 def _figure(width: float, height: float) -> tuple[Figure, Any]:
@@ -144,10 +146,14 @@ def eval_markdown(result: EvalResult, title: str) -> str:
 
 
 def write_eval_report(result: EvalResult, out: Path, title: str, extra: dict[str, Any] | None = None) -> None:
-    """``eval.json`` (``extra`` first, then the result), ``report.md`` and the plots, into ``out``."""
+    """``eval.json`` (``extra`` first, then the result), ``report.md`` and the plots, into ``out``.
+
+    ``eval.json`` opens with ``"format"`` and ends with its ``"sha256"``
+    (:func:`maxmargin.files.write_json_sealed`); :func:`load_eval` checks both.
+    """
     out.mkdir(parents=True, exist_ok=True)
     payload = {"title": title, **(extra or {}), **result.to_dict()}
-    write_text_atomic(out / "eval.json", json.dumps(payload, indent=2))
+    write_json_sealed(out / "eval.json", payload, EVAL_FORMAT)
     plot_robust_accuracy(result, out)
     if result.margins is not None:
         plot_margins(result.margins, out, result.norm, max(result.eps) * 1.5, result.robust_accuracy)
@@ -158,18 +164,16 @@ def write_eval_report(result: EvalResult, out: Path, title: str, extra: dict[str
 _EVAL_KEYS = ("eps", "norm", "protocol", "clean_accuracy", "robust_accuracy", "average_robust_accuracy", "flags")
 
 
+def load_eval(path: Path, fix: str = "re-run `maxmargin eval`") -> dict[str, Any]:
+    """An ``eval.json``, its checksum and format checked (see :func:`maxmargin.files.read_json_sealed`)."""
+    return read_json_sealed(path, EVAL_FORMAT, fix, _EVAL_KEYS, "an evaluation")
+
+
 def _load_eval(run: Path) -> dict[str, Any]:
     f = run / "eval.json"
     if not f.is_file():
         raise UserError(f"{f} is missing; run `maxmargin eval {run}` first")
-    try:
-        ev = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{f} is not valid JSON; re-run `maxmargin eval {run}`") from None
-    missing = [k for k in _EVAL_KEYS if not isinstance(ev, dict) or k not in ev]
-    if missing:
-        raise UserError(f"{f} lacks {', '.join(missing)}: not an evaluation; re-run `maxmargin eval {run}`")
-    return ev
+    return load_eval(f, f"re-run `maxmargin eval {run}`")
 
 
 def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:

@@ -102,23 +102,33 @@ def validate(model: nn.Module, cfg: Config, split: Split, rank: int = 0, world: 
 
 
 class Metrics:
-    """``metrics.csv``, one row per evaluation; on resume rows past the checkpoint are dropped."""
+    """``metrics.csv``, one row per evaluation; on resume rows past the checkpoint are dropped.
+
+    Each row rewrites the whole file atomically (a few hundred rows at most):
+    an append that fails halfway on a full disk would leave a torn last row.
+    """
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
-        rows: list[dict[str, str]] = []
+        self.rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        text = io.StringIO(newline="")
-        w = csv.DictWriter(text, METRICS)
-        w.writeheader()
-        w.writerows(rows)
-        write_text_atomic(path, text.getvalue())
+            try:
+                with path.open(newline="") as f:
+                    self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as e:
+                raise UserError(f"{path} is damaged ({e}); delete it to continue without the old rows") from None
+        self._write()
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, METRICS).writerow({k: row.get(k, "") for k in METRICS})
+        self.rows.append({k: row.get(k, "") for k in METRICS})
+        self._write()
+
+    def _write(self) -> None:
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, METRICS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
 
 
 def _rng_state() -> dict[str, Any]:

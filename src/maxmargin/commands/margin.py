@@ -1,7 +1,7 @@
 """``maxmargin margin``: per-example margins of a run's test examples, from above and optionally below."""
 from __future__ import annotations
 
-import json
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,16 @@ from torch import Tensor
 from ..certify import certified_margin
 from ..checkpoint import load_model
 from ..distributed import barrier, init_distributed, rank_world, shutdown
-from ..files import save_torch_atomic, write_text_atomic
+from ..errors import UserError
+from ..files import save_torch_atomic, write_json_sealed
 from ..margin import margin_search
 from ..norm_tables import MARGIN_CAPS, default_eps_grid
-from ..report import margin_stats, plot_margins, plot_sandwich
+from ..report import load_eval, margin_stats, plot_margins, plot_sandwich
 from ..sharding import map_examples
 from .checks import check_certify, check_counts, check_eps_max
 from .runs import RANK_SEED_STRIDE, load_examples, run_dir_of
+
+MARGINS_FORMAT = "maxmargin-margins-1"
 
 
 def margin_run(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
@@ -62,7 +65,7 @@ def write_margins(m: Tensor, stats: dict[str, Any], out: Path, norm: str, cap: f
                   lower: Tensor | None = None) -> None:
     """``margins.json``, ``margins.pt`` and the plots; the run's attack curve joins the CDF if it has one."""
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "margins.json", json.dumps(stats, indent=2))
+    write_json_sealed(out / "margins.json", stats, MARGINS_FORMAT)
     payload = {"upper": m.cpu()} if lower is None else {"upper": m.cpu(), "lower": lower.cpu()}
     save_torch_atomic(payload, out / "margins.pt")
     if lower is not None:
@@ -71,14 +74,21 @@ def write_margins(m: Tensor, stats: dict[str, Any], out: Path, norm: str, cap: f
 
 
 def _attack_curve(path: Path, norm: str) -> dict[float, float] | None:
-    """Robust accuracy per ε from an ``eval.json`` of the same norm, if there is a readable one."""
+    """Robust accuracy per ε from an ``eval.json`` of the same norm, if there is a sound one.
+
+    The margins are written already: a corrupt ``eval.json`` costs the plot
+    its attack curve (with a notice naming the file), not the measurement.
+    """
     if not path.is_file():
         return None
     try:
-        ev = json.loads(path.read_text())
+        ev = load_eval(path)
         return {float(e): a for e, a in ev["robust_accuracy"].items()} if ev.get("norm") == norm else None
-    except (json.JSONDecodeError, KeyError, ValueError, AttributeError, TypeError):
-        return None
+    except UserError as e:
+        print(f"maxmargin: note: the margin CDF plot leaves out the attack curve: {e}", file=sys.stderr)
+    except (KeyError, ValueError, AttributeError, TypeError):
+        pass
+    return None
 
 
 def margin_command(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
