@@ -167,3 +167,10 @@ def test_partial_results_of_another_checkpoint_are_refused(run, tmp_path, capsys
     (out / "eval.partial.pt").write_bytes(b"not a torch file")
     assert main([*args, "--resume"]) == 2
     assert "unreadable" in capsys.readouterr().err
+
+    # partial results of another number of processes: not resumed from, and gone once the evaluation is written
+    (out / "eval.partial.pt").unlink()
+    (out / "eval.partial.rank1.pt").write_bytes(b"left by a two-process evaluation")
+    assert main([*args, "--resume"]) == 0
+    assert "not those of all 1 process" in capsys.readouterr().out
+    assert not list(out.glob("eval.partial*"))

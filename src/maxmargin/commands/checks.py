@@ -23,6 +23,8 @@ def parse_eps(text: str | None) -> list[float] | None:
     """``--eps 0.1,0.2`` or ``8/255,16/255`` as radii (``None`` when the flag was not given)."""
     if text is None:
         return None
+    if not text.strip():
+        raise UserError("--eps needs at least one value")
     out = []
     for item in text.split(","):
         item = item.strip()
@@ -32,8 +34,6 @@ def parse_eps(text: str | None) -> list[float] | None:
             out.append(float(item.split("/")[0]) / float(item.split("/")[1]) if "/" in item else float(item))
         except (ValueError, ZeroDivisionError):
             raise UserError(f"--eps {text!r}: expected numbers like 0.1,0.2 or 8/255") from None
-    if not out:
-        raise UserError("--eps needs at least one value")
     check_eps(out, f"--eps {text!r}")
     return out
 

@@ -53,15 +53,17 @@ class PartialResults:
     def start(self, resume: bool, device: torch.device) -> dict[str, Any] | None:
         """What to continue from with ``resume`` (``None``: start over), after every process agreed.
 
-        Without ``resume`` an existing file is removed (it would be replaced at
-        the first batch anyway). Refuses (:class:`UserError`) partial results
-        of other settings, and unreadable ones.
+        Starting over removes the partial results there are (they would be
+        replaced at the first batch anyway), including those of another number
+        of processes. Refuses (:class:`UserError`) partial results of other
+        settings, and unreadable ones.
         """
+        strays = self._strays()
         if not resume:
-            if self.path.is_file():
-                self._say(f"replacing the partial results of an interrupted evaluation in {self.path} "
+            if self.path.is_file() or strays:
+                self._say(f"replacing the partial results of an interrupted evaluation in {self.path.parent} "
                           "(eval --resume continues them)")
-                self.path.unlink()
+            self._clear(strays)
             return None
         saved, problem = self._load(device) if self.path.is_file() else (None, None)
         # every process must take the same path: the margin search and certification gather across them
@@ -77,13 +79,25 @@ class PartialResults:
             self._say(f"--resume: continuing from {self.path} at ε={self.settings['eps'][st.eps_index]:g}, "
                       f"attack {st.attack_index + 1}, {done} of its examples done")
             return saved
-        stray = sorted(self.path.parent.glob("eval.partial*.pt"))
-        if int(votes[0]) or stray:
+        if int(votes[0]) or strays:
             self._say(f"--resume: the partial results in {self.path.parent} are not those of all "
                       f"{self.info.world} process(es); evaluating from the start")
         else:
             self._say(f"--resume: no partial results in {self.path.parent}; evaluating from the start")
+        self._clear(strays)
         return None
+
+    def _strays(self) -> list[Path]:
+        """Partial results of another number of processes (the main process alone looks after them)."""
+        if not self.info.main:
+            return []
+        ours = ({"eval.partial.pt"} if self.info.world == 1 else
+                {f"eval.partial.rank{r}.pt" for r in range(self.info.world)})
+        return [f for f in sorted(self.path.parent.glob("eval.partial*.pt")) if f.name not in ours]
+
+    def _clear(self, strays: list[Path]) -> None:
+        for f in [self.path, *strays]:
+            f.unlink(missing_ok=True)
 
     def _load(self, device: torch.device) -> tuple[dict[str, Any] | None, str | None]:
         """The saved payload with its state on ``device``, or the one-line reason it cannot be used."""
