@@ -92,7 +92,8 @@ def test_transfer_source_of_another_input_shape_is_refused(run, tmp_path, capsys
     arch = arch_of(cfg, (3, 32, 32), 10)
     save_checkpoint(tmp_path / "rgb.pt", {"arch": arch, "config": cfg.to_dict(), "step": 0,
                                           "model": model_from_arch(arch).state_dict()})
-    _one_line(capsys, ["eval", str(run), "--n", "4", "--transfer-from", str(tmp_path / "rgb.pt")], "--transfer-from")
+    argv = ["eval", str(run), "--n", "4", "--protocol", "paper", "--transfer-from", str(tmp_path / "rgb.pt")]
+    _one_line(capsys, argv, "its model takes")
 
 
 def test_eps_zero_with_margins_is_not_an_error(run, tmp_path):

@@ -137,7 +137,7 @@ def test_missing_truncated_and_foreign_checkpoints(run, tmp_path, capsys):
     foreign = tmp_path / "foreign.pt"
     torch.save(ckpt, foreign)
     _rejects(capsys, ["eval", str(foreign)], "does not fit")
-    _rejects(capsys, ["eval", str(run), "--transfer-from", str(cut)], "truncated")
+    _rejects(capsys, ["eval", str(run), "--protocol", "paper", "--transfer-from", str(cut)], "truncated")
 
 
 def test_resume_from_another_architecture(run, tmp_path, capsys):

@@ -94,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         transfer_from=[Path(p) for p in args.transfer_from or []], out=args.out, n=args.n,
                         batch_size=args.batch_size, device=args.device, data_dir=args.data, split=args.split,
                         margins=True if args.margins else None, quiet=args.quiet, seed=args.seed,
-                        certify=args.certify)
+                        certify=args.certify, norm=args.norm, resume=args.resume)
 
 
 def cmd_margin(args: argparse.Namespace) -> int:
@@ -171,11 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "standard (default quick)")
     e.add_argument("--eps",
                    help="comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255,16/255 (default: the dataset's grid)")
-    e.add_argument("--transfer-from", nargs="+", metavar="CKPT", help="source models for transfer attacks")
+    e.add_argument("--norm", choices=["linf", "l2"],
+                   help="threat model (default: the run's norm); the default ε grid follows it")
+    e.add_argument("--transfer-from", nargs="+", metavar="CKPT",
+                   help="source models for transfer attacks (--protocol paper only)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")
     e.add_argument("--certify", choices=["crown", "ibp"],
                    help="also prove robustness by bound propagation: a certified-accuracy column")
+    e.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation of the same settings from its partial results "
+                        "(eval.partial.pt in the output folder); without it they are replaced")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 

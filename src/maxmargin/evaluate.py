@@ -102,14 +102,20 @@ class EvalResult:
         }
         if self.margins is not None:
             m = self.margins
-            d["margin"] = {"mean": float(m.mean()), "median": float(m.median()),
+            d["margin"] = {"mean": float(m.mean()), "median": median(m),
                            "quantiles": {str(q): float(torch.quantile(m, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
                            "cdf_accuracy": {str(e): a for e, a in (self.margin_cdf_accuracy() or {}).items()}}
         if self.certified is not None:
             c = self.certified.float().cpu()
-            d["certified"] = {"method": self.certify_method, "mean": float(c.mean()), "median": float(c.median()),
+            d["certified"] = {"method": self.certify_method, "mean": float(c.mean()), "median": median(c),
                               "accuracy": {str(e): a for e, a in (self.certified_accuracy() or {}).items()}}
         return d
+
+
+def median(t: Tensor) -> float:
+    """The median as the 0.5 quantile (the mean of the two middle values for an even count), the definition
+    every reported median and quantile table uses (``Tensor.median`` would give the lower middle one)."""
+    return float(torch.quantile(t.detach().float().cpu(), 0.5))
 
 
 def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int, ...],
@@ -186,6 +192,69 @@ def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
 
 
 @dataclass
+class AttackState:
+    """How far :meth:`EvalPlan.attack` got: enough to continue it with the same outcome.
+
+    ``stage`` is filled in up to the position: at the ``eps_index``-th radius
+    the ``attack_index``-th attack has attacked the examples of ``alive`` (the
+    ones still robust when that pair started) before ``batch_start``.
+    ``alive`` is ``None`` before the pair started. ``margins``: the ones the
+    margin attack uses (``None`` without it); ``rng``: the torch generators'
+    states at the position (``"cpu"``, and ``"cuda"`` when the examples are on a GPU).
+    """
+
+    stage: Tensor
+    eps_index: int = 0
+    attack_index: int = 0
+    batch_start: int = 0
+    alive: Tensor | None = None
+    margins: Tensor | None = None
+    rng: dict[str, Tensor] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain tensors, numbers and ``None`` on the CPU (``torch.load(weights_only=True)`` reads them back)."""
+        def cpu(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().cpu().clone()
+        return {"stage": cpu(self.stage), "eps_index": self.eps_index, "attack_index": self.attack_index,
+                "batch_start": self.batch_start, "alive": cpu(self.alive), "margins": cpu(self.margins),
+                "rng": {k: cpu(v) for k, v in self.rng.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str = "cpu") -> AttackState:
+        """The state :meth:`as_dict` saved, its tensors on ``device`` (the generator states stay on the CPU)."""
+        def to(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+        return cls(stage=d["stage"].to(device), eps_index=int(d["eps_index"]), attack_index=int(d["attack_index"]),
+                   batch_start=int(d["batch_start"]), alive=to(d["alive"]), margins=to(d["margins"]),
+                   rng=dict(d["rng"]))
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The states of the torch generators the attacks draw from on ``device``."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_resume(state: AttackState, margins: Tensor | None, n: int, n_eps: int, n_attacks: int) -> None:
+    """A saved state must belong to this plan and these examples (the caller checks the settings)."""
+    if tuple(state.stage.shape) != (n, n_eps):
+        raise ValueError(f"resume: the saved stage has shape {tuple(state.stage.shape)}, expected {(n, n_eps)}")
+    if not (0 <= state.eps_index < n_eps and 0 <= state.attack_index < n_attacks) or "cpu" not in state.rng:
+        raise ValueError("resume: the saved position or generator state does not fit this plan")
+    if margins is not None and (state.margins is None or not torch.equal(margins, state.margins)):
+        raise ValueError("resume: margins given differ from the ones the interrupted call used")
+
+
+@dataclass
 class EvalPlan:
     """An evaluation fixed before any example is attacked: the checked grid and the protocol's attacks.
 
@@ -215,8 +284,9 @@ class EvalPlan:
         """Cap of the margin search behind the margin attack: twice the largest ε (1 if every ε is 0)."""
         return 2 * max(self.eps) if max(self.eps) > 0 else 1.0
 
-    def attack(self, x: Tensor, y: Tensor, margins: Tensor | None = None,
-               progress: bool = False) -> tuple[Tensor, Tensor | None]:
+    def attack(self, x: Tensor, y: Tensor, margins: Tensor | None = None, progress: bool = False,
+               resume: AttackState | None = None,
+               on_progress: Callable[[AttackState], None] | None = None) -> tuple[Tensor, Tensor | None]:
         """Run every attack at every ε on the examples still robust; returns ``(stage, margins)``.
 
         ``stage`` (int64 ``[N, len(eps)]``) says where each example stopped
@@ -224,44 +294,79 @@ class EvalPlan:
         ``stages[k]``, ``len(stages) + 1`` survived every attack. ``margins``
         are the ones given, or with ``margin_attack`` and none given, the ones
         the margin search found here.
+
+        ``on_progress`` is called with the :class:`AttackState` once before the
+        first attacked batch and again after every one (it must copy or save
+        what it keeps: the state changes on). ``resume``, such a state saved
+        by an interrupted call with the same plan, examples and ``margins``,
+        continues that call (updating the state in place) and returns exactly
+        what the uninterrupted call would have.
         """
         x, y, lo, hi = check_inputs(x, y, self.bounds)
         nrm = get_norm(self.norm)
         n, bs = x.shape[0], self.batch_size
-        correct = torch.zeros(n, dtype=torch.bool, device=x.device)
-        with frozen(self.model), torch.no_grad():
-            for s in range(0, n, bs):
-                correct[s:s + bs] = self.model(x[s:s + bs]).argmax(1) == y[s:s + bs]
-        if self.margin_attack and margins is None:
-            margins = margin_search(self.model, x, y, self.norm, self.margin_cap, bs, bounds=(lo, hi))
-
         survived = len(self.stages) + 1
-        stage = torch.where(correct, survived, 0).unsqueeze(1).repeat(1, len(self.eps))
-        bar = tqdm(total=len(self.eps) * len(self.attacks), disable=not progress, desc=f"eval ({self.protocol})",
-                   dynamic_ncols=True)
-        for i, e in enumerate(self.eps):
-            for k, spec in enumerate(self.attacks):
+        if resume is None:
+            correct = torch.zeros(n, dtype=torch.bool, device=x.device)
+            with frozen(self.model), torch.no_grad():
+                for s in range(0, n, bs):
+                    correct[s:s + bs] = self.model(x[s:s + bs]).argmax(1) == y[s:s + bs]
+            if self.margin_attack and margins is None:
+                margins = margin_search(self.model, x, y, self.norm, self.margin_cap, bs, bounds=(lo, hi))
+            state = AttackState(torch.where(correct, survived, 0).unsqueeze(1).repeat(1, len(self.eps)),
+                                margins=margins)
+            if on_progress is not None:
+                state.rng = rng_state(x.device)
+                on_progress(state)
+        else:
+            state = resume
+            _check_resume(state, margins, n, len(self.eps), len(self.attacks))
+            margins = state.margins
+            set_rng_state(state.rng, x.device)
+
+        per_eps = len(self.attacks)
+        bar = tqdm(total=len(self.eps) * per_eps, initial=state.eps_index * per_eps + state.attack_index,
+                   disable=not progress, desc=f"eval ({self.protocol})", dynamic_ncols=True)
+        first = True    # the pair the state stands at: on resume its batches of state.alive are partly done
+        for i in range(state.eps_index, len(self.eps)):
+            e = self.eps[i]
+            for k in range(state.attack_index if first else 0, per_eps):
+                spec = self.attacks[k]
+                bar.set_description(f"{spec.key} ({self.norm}) at ε={e:.4g}")
                 if e > 0:    # at ε = 0 there is nothing to attack: robust means correct
-                    alive = (stage[:, i] == survived).nonzero().squeeze(1)
-                    stage[alive[self._fooled(spec, x, y, alive, e, nrm)], i] = k + 1
+                    if not first or state.alive is None:
+                        # fixed for the whole pair: recomputing it part way would shift the batches
+                        state.alive = (state.stage[:, i] == survived).nonzero().squeeze(1)
+                        state.batch_start = 0
+                    state.eps_index, state.attack_index = i, k
+                    self._attack_alive(spec, x, y, state, nrm, on_progress)
+                first = False
                 bar.update(1)
             if self.margin_attack:
                 assert margins is not None  # given, or found by margin_search above
-                stage[(stage[:, i] == survived) & (margins <= e), i] = len(self.attacks) + 1
+                state.stage[(state.stage[:, i] == survived) & (margins <= e), i] = len(self.attacks) + 1
         bar.close()
-        return stage, margins
+        return state.stage, margins
 
-    def _fooled(self, spec: AttackSpec, x: Tensor, y: Tensor, idx: Tensor, eps: float, nrm: Norm) -> Tensor:
-        """Which examples ``x[idx]`` ``spec`` misclassifies at ``eps``, attacked ``batch_size`` at a time."""
+    def _attack_alive(self, spec: AttackSpec, x: Tensor, y: Tensor, state: AttackState, nrm: Norm,
+                      on_progress: Callable[[AttackState], None] | None) -> None:
+        """Attack ``x[state.alive]`` from ``state.batch_start`` on, ``batch_size`` at a time, marking the broken."""
         lo, hi = self.bounds
-        fooled = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
-        for s in range(0, idx.numel(), self.batch_size):
-            xs, ys = x[idx[s:s + self.batch_size]], y[idx[s:s + self.batch_size]]
+        i, k, alive, bs = state.eps_index, state.attack_index, state.alive, self.batch_size
+        assert alive is not None  # set when the pair started
+        eps = self.eps[i]
+        for s in range(state.batch_start, alive.numel(), bs):
+            idx = alive[s:s + bs]
+            xs, ys = x[idx], y[idx]
             x_adv = spec.run(xs, ys, per_example(eps, xs))
             _check_valid(x_adv, xs, nrm, eps, lo, hi, spec.name)
             with frozen(self.model), torch.no_grad():
-                fooled[s:s + self.batch_size] = self.model(x_adv).argmax(1) != ys
-        return fooled
+                fooled = self.model(x_adv).argmax(1) != ys
+            state.stage[idx[fooled], i] = k + 1
+            state.batch_start = s + bs
+            if on_progress is not None:
+                state.rng = rng_state(x.device)
+                on_progress(state)
 
     def result(self, x: Tensor, y: Tensor, stage: Tensor, margins: Tensor | None = None,
                certified: Tensor | None = None, certify_method: str | None = None) -> EvalResult:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .errors import UserError
-from .evaluate import EvalResult
+from .evaluate import EvalResult, median
 from .files import atomic_path, read_json_sealed, write_json_sealed, write_text_atomic
 
 # eval.json's "format": a maxmargin that reads another refuses the file instead of misreading it
@@ -33,7 +33,7 @@ def _save(fig: Figure, path: Path) -> None:
 def margin_stats(m: Tensor) -> dict[str, Any]:
     """Count, mean, median, share of zeros (misclassified) and quantiles of per-example margins."""
     m = m.float().cpu()
-    return {"n": int(m.numel()), "mean": float(m.mean()), "median": float(m.median()),
+    return {"n": int(m.numel()), "mean": float(m.mean()), "median": median(m),
             "zero_fraction": float((m == 0).float().mean()),
             "quantiles": {str(q): float(torch.quantile(m, q)) for q in (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)}}
 
@@ -140,13 +140,19 @@ def eval_markdown(result: EvalResult, title: str) -> str:
     lines += ["", "![robust accuracy](robust_accuracy.png)"]
     if result.margins is not None:
         lines += ["", "## Margins", "", f"mean {float(result.margins.mean()):.4f}, median "
-                  f"{float(result.margins.median()):.4f}", "", "![margin histogram](margin_hist.png)",
+                  f"{median(result.margins):.4f}", "", "![margin histogram](margin_hist.png)",
                   "![margin CDF](margin_cdf.png)"]
     return "\n".join(lines) + "\n"
 
 
+def eval_report_files(result: EvalResult) -> list[str]:
+    """The names of the files :func:`write_eval_report` writes for ``result``."""
+    return ["eval.json", "report.md", "robust_accuracy.png"] + (
+        ["margin_hist.png", "margin_cdf.png"] if result.margins is not None else [])
+
+
 def write_eval_report(result: EvalResult, out: Path, title: str, extra: dict[str, Any] | None = None) -> None:
-    """``eval.json`` (``extra`` first, then the result), ``report.md`` and the plots, into ``out``.
+    """``eval.json`` (``extra`` first, then the result), ``report.md`` and the plots (:func:`eval_report_files`).
 
     ``eval.json`` opens with ``"format"`` and ends with its ``"sha256"``
     (:func:`maxmargin.files.write_json_sealed`); :func:`load_eval` checks both.

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..certify import METHODS as CERTIFY_METHODS
 from ..errors import UserError
 from ..evaluate import PROTOCOLS
+from ..norms import NORMS
 
 SPLITS = ("test", "val")
 
@@ -21,17 +23,17 @@ def parse_eps(text: str | None) -> list[float] | None:
     """``--eps 0.1,0.2`` or ``8/255,16/255`` as radii (``None`` when the flag was not given)."""
     if text is None:
         return None
+    if not text.strip():
+        raise UserError("--eps needs at least one value")
     out = []
     for item in text.split(","):
         item = item.strip()
-        if not item:
-            continue
+        if not item:   # "0.1,,0.2" or a trailing comma: a typo, not a shorter grid
+            raise UserError(f"--eps {text!r}: an empty value between commas; write radii like 0.1,0.2")
         try:
             out.append(float(item.split("/")[0]) / float(item.split("/")[1]) if "/" in item else float(item))
         except (ValueError, ZeroDivisionError):
             raise UserError(f"--eps {text!r}: expected numbers like 0.1,0.2 or 8/255") from None
-    if not out:
-        raise UserError("--eps needs at least one value")
     check_eps(out, f"--eps {text!r}")
     return out
 
@@ -74,3 +76,15 @@ def check_split(split: str) -> None:
     """``--split``: test or val."""
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+
+
+def check_norm(norm: str | None) -> None:
+    """``--norm``: linf or l2, or ``None`` for the run's own."""
+    if norm is not None and norm not in NORMS:
+        raise UserError(f"--norm {norm!r}: choose one of {', '.join(NORMS)}")
+
+
+def check_transfer(protocol: str, sources: Sequence[Path]) -> None:
+    """``--transfer-from``: only the paper protocol runs transfer attacks, so elsewhere it would do nothing."""
+    if sources and protocol != "paper":
+        raise UserError(f"--transfer-from: only --protocol paper runs transfer attacks, not --protocol {protocol}")

@@ -19,6 +19,7 @@ from ..norm_tables import MARGIN_CAPS, default_eps_grid
 from ..report import load_eval, margin_stats, plot_margins, plot_sandwich
 from ..sharding import map_examples
 from .checks import check_certify, check_counts, check_eps_max
+from .eval import wrote
 from .runs import RANK_SEED_STRIDE, load_examples, run_dir_of
 
 MARGINS_FORMAT = "maxmargin-margins-1"
@@ -44,6 +45,10 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     torch.manual_seed(seed + RANK_SEED_STRIDE * info.rank)
     x, y = load_examples(cfg, data_dir, dev, n, "test")
     cap = eps_max if eps_max is not None else MARGIN_CAPS[cfg.norm]
+    if info.main:
+        print(f"measuring the margins of {x.shape[0]} examples ({cfg.norm}, search capped at {cap:g}"
+              + (f", certified by {certify}" if certify else "") + f") on {dev}"
+              + (f" × {info.world} processes" if info.enabled else ""), flush=True)
     m = map_examples(partial(margin_search, model), x, y, norm=cfg.norm, eps_max=cap, batch_size=batch_size)
     stats = {"norm": cfg.norm, "cap": cap, **margin_stats(m)}
     lower = None
@@ -61,9 +66,16 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     return stats
 
 
+def margin_files(certified: bool) -> list[str]:
+    """The names of the files :func:`write_margins` writes (``certified``: with lower bounds)."""
+    return ["margins.json", "margins.pt"] + (["margin_sandwich.png"] if certified else []) + [
+        "margin_hist.png", "margin_cdf.png"]
+
+
 def write_margins(m: Tensor, stats: dict[str, Any], out: Path, norm: str, cap: float,
                   lower: Tensor | None = None) -> None:
-    """``margins.json``, ``margins.pt`` and the plots; the run's attack curve joins the CDF if it has one."""
+    """``margins.json``, ``margins.pt`` and the plots (:func:`margin_files`); the run's attack curve joins
+    the CDF if it has one."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_sealed(out / "margins.json", stats, MARGINS_FORMAT)
     payload = {"upper": m.cpu()} if lower is None else {"upper": m.cpu(), "lower": lower.cpu()}
@@ -102,7 +114,8 @@ def margin_command(target: Path, out: Path | None = None, n: int | None = None, 
     finally:
         shutdown()
     if main:
-        print("\n".join(summary(st)))
+        dest = Path(out) if out is not None else run_dir_of(target)
+        print("\n".join(summary(st) + [wrote([dest / f for f in margin_files("certified" in st)])]))
     return 0
 
 
@@ -113,6 +126,7 @@ def summary(st: dict[str, Any]) -> list[str]:
              f"10%/90% {q['0.1']:.4f}/{q['0.9']:.4f}, misclassified {st['zero_fraction']:.3f}"]
     if "certified" in st:
         c = st["certified"]
-        lines.append(f"certified lower bounds ({c['method']}): mean {c['mean']:.4f}, median {c['median']:.4f}; "
-                     "certified accuracy " + ", ".join(f"{e}: {a:.4f}" for e, a in c["accuracy"].items()))
+        lines.append(f"certified lower bounds ({st['norm']}, {c['method']}): mean {c['mean']:.4f}, "
+                     f"median {c['median']:.4f}; certified accuracy "
+                     + ", ".join(f"{e}: {a:.4f}" for e, a in c["accuracy"].items()))
     return lines
