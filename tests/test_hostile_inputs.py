@@ -10,7 +10,11 @@ a model with NaN weights or infinite logits) with accepted variants of
 everything else (empty batches, non-contiguous, transposed and channels-last
 ``x``, ``x`` that requires grad, float16 and float64 models with ``x`` of
 their dtype, radii as floats, 0-d tensors, lists and per-example tensors,
-bounds given as tensors or wider than the data).
+bounds given as tensors or wider than the data, models with BatchNorm and
+Dropout, a model whose logits ignore ``x`` (zero input gradients) and one
+that is NaN only away from the clean inputs). A second test draws accepted
+variants only, and every call must return; ``REGRESSIONS`` keeps one
+hand-written case per bug the generated cases found.
 
 The property: a call either returns a valid result (same shape, dtype and
 device as ``x``; finite; points inside the box and the ε-ball; radii and
