@@ -48,7 +48,7 @@ def certified_margin(
     examples, and those where nothing can be proven, get 0. A model with a
     layer the bounds cannot handle raises a ``ValueError`` naming it.
     """
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
     nrm = get_norm(norm)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")

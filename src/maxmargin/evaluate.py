@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import fgsm, pgd
-from .attacks._common import Bounds, check_inputs, frozen
+from .attacks._common import Bounds, check_inputs, check_labels, frozen
 from .diagnostics import certificate_flags, dead_gradient_share, masking_flags
 from .errors import UserError
 from .margin import margin_search
 from .norm_tables import AUTOATTACK_NORMS, paper_step_ratio, universal_eps
-from .norms import Norm, get_norm, per_example
+from .norms import Norm, get_norm, per_example, radius_grid
 
 PROTOCOLS = ("quick", "paper", "autoattack")
 
@@ -156,7 +156,7 @@ def build_protocol(model: nn.Module, protocol: str, norm: str, shape: tuple[int,
 def random_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: Tensor, tries: int,
                   bounds: Bounds) -> Tensor:
     """Gradient-free check: ``tries`` random points on the ε-sphere; returns a misclassified one if any."""
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
     nrm = get_norm(norm)
     best = x.clone()
     hit = torch.zeros_like(y, dtype=torch.bool)
@@ -302,7 +302,7 @@ class EvalPlan:
         continues that call (updating the state in place) and returns exactly
         what the uninterrupted call would have.
         """
-        x, y, lo, hi = check_inputs(x, y, self.bounds)
+        x, y, lo, hi = check_inputs(x, y, self.bounds, self.model)
         nrm = get_norm(self.norm)
         n, bs = x.shape[0], self.batch_size
         survived = len(self.stages) + 1
@@ -310,7 +310,9 @@ class EvalPlan:
             correct = torch.zeros(n, dtype=torch.bool, device=x.device)
             with frozen(self.model), torch.no_grad():
                 for s in range(0, n, bs):
-                    correct[s:s + bs] = self.model(x[s:s + bs]).argmax(1) == y[s:s + bs]
+                    logits = self.model(x[s:s + bs])
+                    check_labels(logits, y[s:s + bs])
+                    correct[s:s + bs] = logits.argmax(1) == y[s:s + bs]
             if self.margin_attack and margins is None:
                 margins = margin_search(self.model, x, y, self.norm, self.margin_cap, bs, bounds=(lo, hi))
             state = AttackState(torch.where(correct, survived, 0).unsqueeze(1).repeat(1, len(self.eps)),
@@ -371,7 +373,7 @@ class EvalPlan:
     def result(self, x: Tensor, y: Tensor, stage: Tensor, margins: Tensor | None = None,
                certified: Tensor | None = None, certify_method: str | None = None) -> EvalResult:
         """The :class:`EvalResult` of all examples from :meth:`attack`'s ``stage``, with the masking checks."""
-        x, y, lo, hi = check_inputs(x, y, self.bounds)
+        x, y, lo, hi = check_inputs(x, y, self.bounds, self.model)
         grid, names, n = self.eps, self.stages, max(x.shape[0], 1)
         survived = len(names) + 1
         # a later stage with the same key (two transfer sources of one name) overwrites an earlier one
@@ -402,16 +404,13 @@ class EvalPlan:
 
 
 def plan_evaluation(model: nn.Module, input_shape: tuple[int, ...], norm: str = "linf",
-                    eps: Sequence[float] = (0.1, 0.2, 0.3), protocol: str = "quick", sources: Sequence[nn.Module] = (),
+                    eps: Sequence[float] | float = (0.1, 0.2, 0.3), protocol: str = "quick",
+                    sources: Sequence[nn.Module] = (),
                     batch_size: int = 500, bounds: Bounds = (0.0, 1.0), margin_attack: bool | None = None,
                     source_names: Sequence[str] | None = None) -> EvalPlan:
     """Check the settings of an evaluation and build its protocol (arguments as in :func:`evaluate`)."""
     get_norm(norm)
-    grid = [float(e) for e in eps]
-    if not grid:
-        raise ValueError("eps must hold at least one radius")
-    if any(e < 0 for e in grid):
-        raise ValueError(f"eps must be >= 0, got {grid}")
+    grid = radius_grid(eps, "eps")
     if batch_size <= 0:
         raise ValueError("batch_size must be > 0")
     bounds = (float(bounds[0]), float(bounds[1]))
@@ -425,7 +424,7 @@ def evaluate(
     x: Tensor,
     y: Tensor,
     norm: str = "linf",
-    eps: Sequence[float] = (0.1, 0.2, 0.3),
+    eps: Sequence[float] | float = (0.1, 0.2, 0.3),
     protocol: str = "quick",
     sources: Sequence[nn.Module] = (),
     batch_size: int = 500,
@@ -452,7 +451,9 @@ def evaluate(
     All of it runs in this process; ``maxmargin eval`` splits the examples
     across ``torchrun`` ranks with :class:`EvalPlan`'s stages.
     """
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
+    if x.shape[0] == 0:
+        raise ValueError("x holds no examples: accuracies over an empty set are undefined")
     for name, per in (("margins", margins), ("certified", certified)):
         if per is not None and per.shape != (x.shape[0],):
             raise ValueError(f"{name} must have shape ({x.shape[0]},), got {tuple(per.shape)}")

@@ -12,7 +12,7 @@ from .attacks.ddn import ddn_search
 from .attacks.fmn import fmn_search
 from .attacks.pgd import pgd_steps
 from .losses import logit_margin, strict_logit_margin
-from .norms import bcast, get_norm, per_example
+from .norms import bcast, get_norm, per_example, tiny
 
 
 def _targeted_margin(target: Tensor):
@@ -68,7 +68,7 @@ def estimate_margin(
     ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
     ``steps`` iterations started at ``eps_max / 10``.
     """
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
     nrm = get_norm(norm)
     cap = per_example(eps_max, x, "eps_max")
     if bool((cap <= 0).any()):
@@ -114,7 +114,7 @@ def estimate_margin(
 
         def shrink_along(delta: Tensor, radius: Tensor) -> None:
             """The first misclassified point on the segment from ``x`` along ``delta`` up to ``radius``."""
-            u = delta / bcast(radius.clamp_min(1e-12), xs)
+            u = delta / bcast(radius.clamp_min(tiny(radius)), xs)
             eta, found = line_search(model, xs, ys, u, torch.zeros_like(radius), radius,
                                      torch.zeros_like(radius, dtype=torch.bool), strict_logit_margin, search_steps,
                                      (lo, hi))

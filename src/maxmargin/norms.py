@@ -11,7 +11,7 @@ Radii are per-example tensors of shape ``[B]``; perturbations have any shape
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -19,6 +19,11 @@ from torch import Tensor
 # Guards divisions by a norm; small enough not to move any perturbation that
 # matters at float32 precision.
 _TINY = 1e-12
+
+
+def tiny(t: Tensor) -> float:
+    """``_TINY``, or the dtype's smallest normal number where ``_TINY`` is not one (float16: 1e-12 is 0)."""
+    return max(_TINY, torch.finfo(t.dtype).tiny)
 
 
 def bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -100,17 +105,17 @@ class L2Norm(Norm):
 
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         n = self.measure(delta)
-        scale = torch.clamp(eps / n.clamp_min(_TINY), max=1.0)
+        scale = torch.clamp(eps / n.clamp_min(tiny(n)), max=1.0)
         return delta * bcast(scale, delta)
 
     def direction(self, g: Tensor) -> Tensor:
         n = self.measure(g)
-        return g / bcast(n.clamp_min(_TINY), g)
+        return g / bcast(n.clamp_min(tiny(n)), g)
 
     def random(self, like: Tensor, eps: Tensor) -> Tensor:
         # Gaussian direction, radius r·U^(1/d): uniform in the ball's volume.
         g = torch.randn_like(like)
-        d = g[0].numel()
+        d = like.shape[1:].numel()     # per example; like[0] fails on an empty batch
         r = torch.rand(like.shape[0], device=like.device, dtype=like.dtype) ** (1.0 / d)
         return self.direction(g) * bcast(r * eps, like)
 
@@ -130,16 +135,40 @@ def get_norm(name: str | Norm) -> Norm:
 
 
 def per_example(value: float | Tensor, x: Tensor, what: str = "eps") -> Tensor:
-    """Turn a float or tensor radius into a non-negative ``[B]`` tensor on ``x``'s device."""
+    """Turn a float, a list or a tensor radius into a non-negative finite ``[B]`` tensor on ``x``'s device.
+
+    A scalar (float or 0-d tensor) serves every example; anything else must
+    hold one value per example. Whatever is refused raises a ``ValueError``
+    naming ``what``.
+    """
     b = x.shape[0]
-    t = torch.as_tensor(value, dtype=x.dtype, device=x.device).detach()
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number or a tensor of {b} per-example values, got {value!r}")
+    try:
+        t = torch.as_tensor(value, dtype=x.dtype, device=x.device).detach()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{what} must be a number or a tensor of {b} per-example values, got {value!r}") from None
+    # checked before a scalar is spread over the batch: a bad radius is bad for an empty batch too
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} must be finite")
+    if bool((t < 0).any()):
+        raise ValueError(f"{what} must be >= 0, got a minimum of {float(t.min()):g}")
     if t.dim() == 0:
         t = t.expand(b)
     t = t.reshape(-1)
     if t.numel() != b:
         raise ValueError(f"{what} must be a float or a tensor of {b} per-example values, got {t.numel()}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{what} must be finite")
-    if bool((t < 0).any()):
-        raise ValueError(f"{what} must be >= 0, got a minimum of {float(t.min()):g}")
     return t.clone()
+
+
+def radius_grid(value: float | Tensor | Sequence[float], what: str = "eps") -> list[float]:
+    """A grid of radii (one number, a list or a tensor) as finite non-negative floats; ``ValueError`` names ``what``."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64).detach().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{what} must be a number or a list of numbers, got {value!r}") from None
+    if isinstance(value, bool) or t.numel() == 0:
+        raise ValueError(f"{what} must hold at least one radius, got {value!r}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError(f"{what} must be finite and >= 0, got {t.tolist()}")
+    return [float(v) for v in t]

@@ -156,7 +156,7 @@ def anpgd_search(
     estimate only decides where to look). ``clean_logits``, when the caller
     has them, save the clean forward pass.
     """
-    x, y, lo_box, hi_box = check_inputs(x, y, bounds)
+    x, y, lo_box, hi_box = check_inputs(x, y, bounds, model)
     nrm = get_norm(norm)
     crit = get_loss(criterion)
     crit_obj = get_objective(criterion)      # the criterion as an objective: the refining PGD ascends it

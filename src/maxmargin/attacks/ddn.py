@@ -30,7 +30,7 @@ def ddn_search(model: nn.Module, x: Tensor, y: Tensor, steps: int = 100, gamma: 
                alpha_min: float = 0.01) -> DDNResult:
     """DDN with its full per-example outcome. The step size decays from ``alpha`` to
     ``alpha_min`` on a cosine schedule, in units of the current radius."""
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
     check_count(steps, "steps", 1)
     if not 0 < gamma < 1:
         raise ValueError(f"gamma must lie in (0, 1), got {gamma}")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import LossFn, logit_margin
-from ..norms import Norm, bcast
+from ..norms import Norm, bcast, tiny
 from ._common import input_grad
 
 
@@ -54,7 +54,7 @@ def fmn_search(model: nn.Module, x: Tensor, y: Tensor, nrm: Norm, loss_fn: LossF
             gam = _cosine(k, steps, gamma, gamma / 100)
             never = torch.isinf(best)
             # before any success: jump to a linear estimate of the boundary's distance
-            reach = n + logit_margin(logits, y).abs() / nrm.dual(g).clamp_min(1e-12)
+            reach = n + logit_margin(logits, y).abs() / nrm.dual(g).clamp_min(tiny(g))
             grow = torch.where(never, torch.maximum(eps * (1 + gam), reach), torch.minimum(eps * (1 + gam), best))
             eps = torch.where(adv, torch.minimum(eps, n) * (1 - gam), grow)
             step = _cosine(k, steps, alpha, alpha_min) * eps

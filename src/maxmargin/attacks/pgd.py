@@ -79,7 +79,7 @@ def pgd(
     leading), and per example the strongest point is kept: one reaching the
     goal if any restart found one, otherwise the one with the highest value.
     """
-    x, y, lo, hi = check_inputs(x, y, bounds)
+    x, y, lo, hi = check_inputs(x, y, bounds, model)
     nrm = get_norm(norm)
     loss_fn = get_objective(loss)
     eps_t = per_example(eps, x, "eps")
