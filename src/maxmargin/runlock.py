@@ -3,8 +3,8 @@
 The kernel drops an ``flock`` when its holder exits, however it exits, so a
 lock left by a killed process is simply free: the next writer takes it over.
 The holder writes its pid, host and command into the file, for the message
-the next writer shows. Under ``torchrun`` rank 0 alone takes it (it alone
-writes files).
+the next writer shows, and removes the file when it is done. Under ``torchrun``
+rank 0 alone takes it (it alone writes files).
 
 The lock file is the one file the project writes in place rather than through
 :mod:`maxmargin.files`: an atomic rename would put a new file, unlocked, in
@@ -81,15 +81,24 @@ class RunLock:
             _HELD[key] += 1
             self._key = key
             return self
-        fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        path = key / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # a holder that was releasing may have removed the file between our open and our flock:
+                # then we hold a lock on a file no one else can find, and must lock the one at the path
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(self._busy_message()) from None
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise UserError(self._busy_message()) from None
-        except BaseException:
-            os.close(fd)
-            raise
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
@@ -112,8 +121,8 @@ class RunLock:
         if _HELD[self._key] == 0:
             del _HELD[self._key]
             if self._fd is not None:
-                # the file stays (unlinking a lock file races with a writer opening it); emptied, it names no one
-                os.ftruncate(self._fd, 0)
+                # removed while still locked, so that a writer who opened it meanwhile sees it gone (above)
+                (self._key / LOCK_NAME).unlink(missing_ok=True)
                 os.close(self._fd)
         self._fd = self._key = None
 
