@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, apply_overrides, describe, load_preset, load_toml, preset_names, quick_methods
 from .errors import UserError
+from .stopping import Stopped
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
@@ -21,8 +22,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Path]:
         cfg = load_toml(out / "config.toml")
     elif args.resume and args.preset is None:
         assert out is not None  # --resume without --out raised above
-        raise UserError(f"--resume: {out / 'config.toml'} does not exist, so {out} holds no run to continue; "
-                        "start it with --preset NAME")
+        raise UserError(f"{out} holds no run to resume (no config.toml); start it with --preset NAME")
     elif args.preset is None:
         raise UserError("train needs --preset NAME (see `maxmargin presets`), or --resume with --out RUN_DIR")
     elif args.preset.endswith(".toml"):
@@ -217,11 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stopped_message(e: Stopped, command: str) -> str:
+    """The one line a run stopped by a signal leaves: what stopped it, where, how to go on."""
+    if command != "train":
+        how = f"maxmargin {command} with the same arguments (it resumes {e.out})"
+    elif e.world > 1:
+        how = f"torchrun --nproc-per-node {e.world} -m maxmargin train --out {e.out} --resume"
+    else:
+        how = f"maxmargin train --out {e.out} --resume"
+    return f"maxmargin: stopped by {e.signal_name} after step {e.step}; continue with: {how}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit code: 0 done, 2 the user's mistake, 1 a bug, 130 interrupted."""
+    """Run one command; returns the exit code: 0 done, 2 the user's mistake, 1 a bug, 130 interrupted,
+    128 + the signal number for a run stopped by SIGTERM or SIGINT after writing its checkpoint."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Stopped as e:
+        if _is_main():
+            print(stopped_message(e, args.command), file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         # the user's to fix: one line naming the problem, no traceback to wade through
         print(f"maxmargin: error: {' '.join(str(e).splitlines())}", file=sys.stderr)

@@ -54,7 +54,18 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if attempt and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
+                int(os.environ.get("GROUP_WORLD_SIZE", "1")) == 1:
+            # torchrun keeps one store across restarts, still holding the dead attempt's addresses: a
+            # restarted rank could read its peer's old one and fail to connect (pytorch issue 135712). On
+            # one node every worker has the same restart count, so it keeps the attempts apart.
+            store, _, _ = next(dist.rendezvous("env://", rank, world))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"maxmargin/attempt-{attempt}", store),
+                                    rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return Dist(rank, world, local), dev
 
 
@@ -63,6 +74,15 @@ def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return t
+
+
+def all_gather_objects(obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
 
 
 def rank_world() -> tuple[int, int]:

@@ -17,14 +17,16 @@ from ..files import save_torch_atomic, write_json_sealed
 from ..margin import margin_search
 from ..norm_tables import MARGIN_CAPS, default_eps_grid
 from ..report import load_eval, margin_stats, plot_margins, plot_sandwich
+from ..runlock import locks_output
 from ..sharding import map_examples
 from .checks import check_certify, check_counts, check_eps_max
 from .eval import wrote
-from .runs import RANK_SEED_STRIDE, load_examples, run_dir_of
+from .runs import RANK_SEED_STRIDE, load_examples, output_folder, run_dir_of
 
 MARGINS_FORMAT = "maxmargin-margins-1"
 
 
+@locks_output(output_folder)
 def margin_run(target: Path, out: Path | None = None, n: int | None = None, batch_size: int = 500,
                device: str = "auto", data_dir: str | None = None, eps_max: float | None = None,
                seed: int = 0, certify: str | None = None, progress: bool = True) -> dict[str, Any]:

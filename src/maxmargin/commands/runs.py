@@ -23,6 +23,7 @@ from ..evaluate import EvalResult, plan_evaluation
 from ..margin import margin_search
 from ..norm_tables import default_eps_grid
 from ..report import write_eval_report
+from ..runlock import locks_output
 from ..runs import load_data
 from ..sharding import map_examples
 from ..train import train
@@ -74,6 +75,11 @@ def load_sources(paths: Sequence[Path], device: torch.device,
     return models, names
 
 
+def output_folder(target: Path, out: Path | None = None, **_: object) -> Path:
+    """The folder an evaluation of ``target`` writes: ``out``, else the run directory."""
+    return Path(out) if out is not None else run_dir_of(target)
+
+
 def train_or_reuse(cfg: Config, out: Path, progress: bool) -> None:
     """Train ``cfg`` into ``out``, resume it if it stopped early, or keep it if it finished."""
     last = out / "checkpoints" / "last.pt"
@@ -86,6 +92,7 @@ def train_or_reuse(cfg: Config, out: Path, progress: bool) -> None:
         train(cfg, out, progress=progress)
 
 
+@locks_output(output_folder)
 def evaluate_run(target: Path, protocol: str = "quick", eps: Sequence[float] | None = None,
                  transfer_from: Sequence[Path] = (), out: Path | None = None, n: int | None = None,
                  batch_size: int = 500, device: str = "auto", data_dir: str | None = None, split: str = "test",
