@@ -32,7 +32,8 @@ def _leftovers(folder) -> list[str]:
 
 def _rejects(capsys, argv, *words):
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    # a file written without a checksum (by torch.save here, or an older maxmargin) gets a notice line first
+    err = "\n".join(ln for ln in capsys.readouterr().err.strip().splitlines() if "has no checksum" not in ln)
     assert code == 2, (argv, code, err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     low = err.lower()
