@@ -97,3 +97,32 @@ def test_median_is_the_half_quantile_everywhere():
     d = r.to_dict()
     assert d["margin"]["median"] == pytest.approx(0.3) == d["margin"]["quantiles"]["0.5"]
     assert d["certified"]["median"] == pytest.approx(0.3)
+
+
+def test_autoattack_is_given_the_seed_of_the_evaluation(monkeypatch):
+    """`eval --seed` reaches AutoAttack (which reseeds torch itself) instead of a constant it would silently use."""
+    import sys
+    import types
+
+    from conftest import make_data, make_model
+
+    from maxmargin.evaluate import evaluate
+
+    seeds: list[int] = []
+
+    class FakeAutoAttack:
+        def __init__(self, model, norm, eps, version, seed, device):
+            seeds.append(seed)
+
+        def run_standard_evaluation(self, x, y, batch_size):
+            return x.clone(), y
+
+    monkeypatch.setitem(sys.modules, "pyautoattack", types.SimpleNamespace(AutoAttack=FakeAutoAttack))
+    model = make_model("mlp", (1, 8, 8))
+    x, _ = make_data(6, (1, 8, 8))
+    with torch.no_grad():
+        y = model(x).argmax(1)   # all correct, so AutoAttack has examples to attack
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        evaluate(model, x, y, eps=[0.1], protocol="autoattack")
+    assert seeds == [3, 4]

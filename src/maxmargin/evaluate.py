@@ -182,8 +182,10 @@ def _autoattack(model: nn.Module, norm: str, bounds: Bounds) -> Callable:
         e = float(eps.max())
         if not torch.allclose(eps, torch.full_like(eps, e)):
             raise UserError("AutoAttack takes one ε per call")
-        aa = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=e, version="standard", seed=0,
-                        device=str(x.device))
+        # AutoAttack reseeds torch with its own seed: hand it ours (what `eval --seed` set), not a constant,
+        # so that --seed is honoured rather than silently ignored
+        aa = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=e, version="standard",
+                        seed=torch.initial_seed() % 2**31, device=str(x.device))
         with frozen(model):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
         return x_adv.detach()
