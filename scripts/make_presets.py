@@ -150,9 +150,10 @@ def main() -> None:
     write("cifar10-linf-mart-8", dict(description="CIFAR10 linf MART, eps 8/255, beta 6 (paper scale)", **CIFAR,
                                       **VAL[("cifar10", "linf")], method="mart", eps=8 / 255, beta=6.0,
                                       step_size=0.007))
-    # PGDLS's ramp as quick-pgd: at 0.3 from scratch the attack stalls training at chance in this budget
-    write("quick-mart", dict(description="bundled digits, small CNN, MART linf eps 0.3, beta 6 (CPU minutes)",
-                             **QUICK, method="mart", eps=0.3, beta=6.0))
+    # PGDLS's ramp as quick-pgd: at 0.3 from the first step MART ended at clean accuracy 0.68 in this budget
+    write("quick-mart", dict(description="bundled digits, small CNN, MART linf eps 0.3 (ramped over 600 steps), "
+                                         "beta 6 (CPU minutes)",
+                             **QUICK, method="mart", eps=0.3, beta=6.0, ls_steps=600))
     write("quick-trades", dict(description="bundled digits, small CNN, TRADES linf eps 0.3, beta 6 (CPU minutes)",
                                **QUICK, method="trades", eps=0.3, beta=6.0))
     # AMM maximizes an L2 (DeepFool) margin, so its runs are validated and evaluated in L2

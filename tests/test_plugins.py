@@ -224,6 +224,36 @@ def test_mart_trains_through_the_loop_and_its_loss_falls():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_mart_ramps_its_radius_and_every_attack_point_stays_inside_it():
+    """ls_steps: the training radius grows linearly to eps (as PGDLS), and each PGD point lies in that ball."""
+    from maxmargin.attacks import pgd as real_pgd
+    from maxmargin.methods import mart as mart_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(8, 1, 4, 4)
+    y = torch.zeros(8, dtype=torch.long)
+    distances: list[float] = []
+
+    def recording_pgd(model, x, y, **kw):
+        x_adv = real_pgd(model, x, y, **kw)
+        distances.append(float((x_adv - x).abs().amax()))
+        return x_adv
+
+    method = MART(norm="linf", eps=0.3, steps=3, beta=6.0, ls_steps=10)
+    try:
+        mart_module.pgd = recording_pgd
+        seen = []
+        for step in (0, 4, 9, 20):
+            method.step = step
+            seen.append(method.loss(model, x, y, torch.arange(8))[1]["eps"])
+    finally:
+        mart_module.pgd = real_pgd
+    assert seen == pytest.approx([0.03, 0.15, 0.3, 0.3])
+    assert all(d <= e + 1e-6 for d, e in zip(distances, seen))
+    assert load_preset("quick-mart").options.ls_steps == 600
+
+
 def test_mart_joins_quickstart_by_its_preset_alone():
     from maxmargin.commands.quickstart import presets_for
     assert presets_for("mart") == ("quick-mart",)

@@ -71,6 +71,15 @@ _REGISTRY: dict[str, type[Method]] = {}
 CONTEXT = ("norm", "num_examples", "device")
 
 
+def ramped_eps(eps: float, step: int, ramp_steps: int) -> float:
+    """The radius at training ``step`` when it grows linearly from 0 to ``eps`` over ``ramp_steps`` (0: no ramp).
+
+    PGDLS (the MMA paper's PGD baseline) and MART share it: a network trained at
+    the full radius from its first step can stall at a low clean accuracy.
+    """
+    return eps if ramp_steps <= 0 else eps * min(1.0, (step + 1) / ramp_steps)
+
+
 def register(name: str) -> Callable[[M], M]:
     """Class decorator: make a :class:`Method` subclass trainable as ``method = "name"``.
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..attacks import pgd
 from ..distributed import unwrap
 from ..options import Options, option
-from .base import Method, register
+from .base import Method, ramped_eps, register
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class MARTOptions(Options):
     steps: int = option(10, "PGD steps per training step", positive=True)
     beta: float = option(6.0, "weight of the misclassification-aware KL term (the paper's 6)", min=0)
     step_size: float | None = option(None, "PGD step (none = 2.5·eps/steps)", min=0)
+    ls_steps: int = option(0, "eps grows linearly over this many training steps, as in PGDLS (0 = off)", min=0)
 
 
 def boosted_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
@@ -51,16 +52,18 @@ class MART(Method):
     Options = MARTOptions
 
     def __init__(self, norm: str, eps: float = 0.3, steps: int = 10, beta: float = 6.0,
-                 step_size: float | None = None) -> None:
+                 step_size: float | None = None, ls_steps: int = 0) -> None:
         super().__init__()
-        MARTOptions(eps, steps, beta, step_size)    # the checks, in one place
+        MARTOptions(eps, steps, beta, step_size, ls_steps)    # the checks, in one place
         self.norm, self.eps, self.steps, self.beta, self.step_size = norm, eps, steps, beta, step_size
+        self.ls_steps = ls_steps
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
-        x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                    loss="ce")
+        eps = ramped_eps(self.eps, self.step, self.ls_steps)
+        step = None if self.step_size is None or self.eps == 0 else self.step_size * eps / self.eps
+        x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step, loss="ce")
         clean = model(x)
         adv = model(x_adv)
         loss = mart_loss(clean, adv, y, self.beta)
         return loss, {"loss": float(loss.detach()), "acc": float((clean.argmax(1) == y).float().mean()),
-                      "adv_acc": float((adv.argmax(1) == y).float().mean())}
+                      "adv_acc": float((adv.argmax(1) == y).float().mean()), "eps": eps}

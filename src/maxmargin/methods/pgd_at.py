@@ -10,7 +10,7 @@ from ..attacks.pgd import pgd
 from ..distributed import unwrap
 from ..losses import LOSSES
 from ..options import Options, option
-from .base import Method, register
+from .base import Method, ramped_eps, register
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,11 @@ class PGDAT(Method):
         self.attack_loss = attack_loss
 
     def current_eps(self) -> float:
-        if self.ls_steps <= 0:
-            return self.eps
-        return self.eps * min(1.0, (self.step + 1) / self.ls_steps)
+        return ramped_eps(self.eps, self.step, self.ls_steps)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, dict[str, float]]:
         eps = self.current_eps()
-        step = None if self.step_size is None else self.step_size * eps / self.eps
+        step = None if self.step_size is None or self.eps == 0 else self.step_size * eps / self.eps
         x_adv = pgd(unwrap(model), x, y, norm=self.norm, eps=eps, steps=self.steps, step_size=step,
                     loss=self.attack_loss)
         logits = model(x_adv)
