@@ -46,6 +46,9 @@ QUICK = dict(dataset="digits", model="small_cnn", optimizer="adam", lr=1e-3, bat
              val_pgd_eps=0.3, val_pgd_step=0.03, val_pgd_steps=20, margin_eps_max=0.5, margin_steps=20,
              eps_min=0.1)
 
+# the quick certified-training recipe (quick-ibp, quick-crown-ibp): see main() for the measurement behind it
+QUICK_CERT = dict(eps=0.3, warmup=100, ramp=600, kappa_end=0.5, why="")
+
 
 def fmt(v) -> str:
     if isinstance(v, bool):
@@ -164,6 +167,30 @@ def main() -> None:
                             amm_iters=3))
     write("quick-mma-ddn", dict(description="bundled digits, small CNN, MMA l2 d_max 2.0 with DDN inside (CPU minutes)",
                                 **quick_l2, method="mma", d_max=2.0, inner="ddn"))
+    # Certified training. Gowal et al. 2018 (IBP), MNIST: batch 100, 60k steps, Adam 1e-3 divided by 10 at 15k
+    # and 25k, 2k warm-up steps, eps ramped over 10k steps to a training eps of 0.4 for a test eps of 0.3,
+    # kappa 1 -> 0.5. Zhang et al. 2020 (CROWN-IBP), MNIST eps 0.3: batch 256, 100 epochs, Adam 5e-4 divided by
+    # 10 at epochs 25 and 42, ramp from epoch 3 over 18 epochs to 0.4, beta 1 -> 0. LeNet5 stands in for the
+    # papers' DM-large CNN (the MMA paper's MNIST network, as every MNIST preset here).
+    write("mnist-linf-ibp-0.3", dict(
+        description="MNIST linf IBP (Gowal et al.), train eps 0.4 for 0.3, kappa 1 -> 0.5 (paper scale)",
+        **{**MNIST, "lr": 1e-3, "batch_size": 100, "steps": 60_000, "lr_milestones": [15_000, 25_000],
+           "lr_values": [1e-4, 1e-5]}, **VAL[("mnist", "linf")], method="ibp", eps=0.4, warmup_steps=2000,
+        ramp_steps=10_000, kappa_end=0.5))
+    crown_epoch = -(-(60_000 - 5000) // 256)
+    write("mnist-linf-crown-ibp-0.3", dict(
+        description="MNIST linf CROWN-IBP (Zhang et al.), train eps 0.4 for 0.3, beta 1 -> 0 (paper scale)",
+        **{**MNIST, "lr": 5e-4, "batch_size": 256, "steps": 100 * crown_epoch,
+           "lr_milestones": [25 * crown_epoch, 42 * crown_epoch], "lr_values": [5e-5, 5e-6],
+           "eval_every": crown_epoch}, **VAL[("mnist", "linf")], method="crown-ibp", eps=0.4,
+        warmup_steps=2 * crown_epoch, ramp_steps=18 * crown_epoch, kappa_end=0.5, beta_start=1.0, beta_end=0.0))
+    quick_cert = dict(warmup_steps=QUICK_CERT["warmup"], ramp_steps=QUICK_CERT["ramp"],
+                      kappa_end=QUICK_CERT["kappa_end"], eps=QUICK_CERT["eps"])
+    write("quick-ibp", dict(description=f"bundled digits, small CNN, IBP linf train eps {QUICK_CERT['eps']} "
+                                        "(CPU minutes)", **QUICK, method="ibp", **quick_cert), QUICK_CERT["why"])
+    write("quick-crown-ibp", dict(description=f"bundled digits, small CNN, CROWN-IBP linf train eps "
+                                              f"{QUICK_CERT['eps']}, beta 1 -> 0 (CPU minutes)",
+                                  **QUICK, method="crown-ibp", **quick_cert), QUICK_CERT["why"])
     print(f"wrote {len(list(OUT.glob('*.toml')))} presets to {OUT}")
 
 
