@@ -59,7 +59,7 @@ def test_the_loss_is_kappa_clean_ce_plus_the_bound_ce_by_hand():
     clean = F.cross_entropy(net(X), Y)
     # worst-case logits: z_y = 0, z_j = −lower(f_y − f_j): [0, −0.5] for y = 0 and [1.5, 0] for y = 1
     bound = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(1.5))) / 2
-    assert float(loss.detach()) == pytest.approx(0.25 * float(clean) + 0.75 * bound, rel=1e-9)
+    assert float(loss.detach()) == pytest.approx(0.25 * float(clean.detach()) + 0.75 * bound, rel=1e-9)
     assert stats["eps"] == 0.1 and stats["kappa"] == 0.25 and stats["cert_acc"] == 0.5
 
 
@@ -145,8 +145,12 @@ def test_models_the_bounds_cannot_cover_while_training_are_refused():
         build("ibp").Options(kappa_end=1.5)
 
 
-@pytest.mark.parametrize("name", ["ibp", "crown-ibp"])
-def test_a_few_steps_raise_the_certified_radius_of_a_toy_problem(name):
+@pytest.mark.parametrize("name, options", [
+    ("ibp", dict(eps=0.1, ramp_steps=30, kappa_end=0.0)),
+    ("crown-ibp", dict(eps=0.1, ramp_steps=30, kappa_end=0.0)),
+    ("cert-mma", dict(d_max=0.3, grow=0.03)),
+])
+def test_a_few_steps_raise_the_certified_radius_of_a_toy_problem(name, options):
     torch.manual_seed(0)
     n = 200
     y = torch.randint(0, 2, (n,))
@@ -167,7 +171,7 @@ def test_a_few_steps_raise_the_certified_radius_of_a_toy_problem(name):
     standard = certified_margin(net, x, y, method="ibp", eps_max=0.5).mean()
     net.load_state_dict(start[0])
     opt.load_state_dict(start[1])
-    method = build(name, build(name).Options(eps=0.1, ramp_steps=30, kappa_end=0.0), norm="linf")
+    method = build(name, build(name).Options(**options), norm="linf", num_examples=n)
 
     def bound_loss(step: int) -> torch.Tensor:
         method.step = step
@@ -175,15 +179,36 @@ def test_a_few_steps_raise_the_certified_radius_of_a_toy_problem(name):
 
     train(bound_loss, 60)
     after = certified_margin(net, x, y, method="ibp", eps_max=0.5).mean()
-    # measured: 0.035 at the start, 0.046 after 60 more standard steps, 0.10 after 60 of IBP or CROWN-IBP
+    # measured: 0.035 at the start, 0.046 after 60 more standard steps, 0.10 after 60 of IBP, CROWN-IBP or
+    # cert-mma
     assert float(after) > 2 * float(before) and float(after) > 1.8 * float(standard)
 
 
 def test_quick_presets_load_and_join_quickstart():
-    assert {"ibp", "crown-ibp"} <= set(quick_methods())
-    assert presets_for("ibp,crown-ibp") == ("quick-ibp", "quick-crown-ibp")
+    assert {"ibp", "crown-ibp", "cert-mma"} <= set(quick_methods())
+    assert presets_for("ibp,crown-ibp,cert-mma") == ("quick-ibp", "quick-crown-ibp", "quick-cert-mma")
     for name, method in (("quick-ibp", "ibp"), ("quick-crown-ibp", "crown-ibp"), ("mnist-linf-ibp-0.3", "ibp"),
                          ("mnist-linf-crown-ibp-0.3", "crown-ibp")):
         cfg = load_preset(name)
         assert cfg.method == method and cfg.norm == "linf"
         assert cfg.options.ramp_steps > 0 and cfg.options.kappa_end == 0.5
+    assert load_preset("quick-cert-mma").method == "cert-mma"
+
+
+def test_cert_mma_finds_proven_radii_and_remembers_them():
+    torch.manual_seed(2)
+    net = SmallCNN(width=4).double()
+    x, y = torch.rand(5, 1, 28, 28, dtype=torch.double), torch.randint(0, 10, (5,))
+    y = net(x).argmax(1)                         # correctly classified: each has a certified margin
+    method = build("cert-mma", build("cert-mma").Options(d_max=0.05, search_steps=10), norm="linf",
+                   num_examples=8)
+    chain = Chain(net, x)
+    for start in (torch.zeros(5), torch.full((5,), 0.01), torch.full((5,), 0.04)):
+        found = method.certified(chain, x, y, start.double())
+        reference = certified_margin(net, x, y, method="ibp", eps_max=0.05, search_steps=30)
+        assert bool((margin_bounds(chain, x, y, found, "linf") > 0).all(1)[found > 0].all())
+        assert torch.allclose(found, reference, atol=0.05 / 2**9)    # bisection resolution (warm or cold)
+    index = torch.tensor([1, 3, 4, 6, 7])
+    method.loss(net, x, y, index)
+    assert torch.allclose(method.eps[index], found.float(), atol=0.05 / 2**9)
+    assert bool((method.eps[[0, 2, 5]] == 0).all()) and bool((method.updated[index] == 0).all())
