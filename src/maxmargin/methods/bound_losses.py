@@ -212,23 +212,53 @@ def _back_relu(a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     up = torch.where(unstable, hi / width, (lo >= 0).to(a.dtype))
     low = torch.where(unstable, (hi > -lo).to(a.dtype), (lo >= 0).to(a.dtype))
     shift = torch.where(unstable, -up * lo, torch.zeros_like(lo))    # upper line: up · z + shift
-    pos, neg = a.clamp_min(0), a.clamp_max(0)
-    coef = pos * low[:, None] + neg * up[:, None]
-    const = (neg * shift[:, None]).flatten(2).sum(2)
-    return coef, const
+    coef = a * torch.where(a >= 0, low[:, None], up[:, None])
+    return coef, _dot(a.clamp_max(0), shift)
+
+
+def _dot(a: Tensor, v: Tensor) -> Tensor:
+    """``Σ a · v`` per example and row: ``a``: ``[B, S, *shape]``, ``v``: ``[B, *shape]`` -> ``[B, S]`` (one matmul)."""
+    b, s = a.shape[:2]
+    return (a.reshape(b, s, -1) @ v.reshape(b, -1, 1)).squeeze(2)
 
 
 def _back_maxpool(m: nn.MaxPool2d, a: Tensor, lo: Tensor, hi: Tensor,
                   in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Max pooling's relaxation: the certifier's :class:`maxmargin.bounds.MaxPool` (differentiable in the bounds)."""
+    """Max pooling's relaxation (the certifier's, :class:`maxmargin.bounds.MaxPool`), differentiable in the bounds.
+
+    Lower: ``max ≥ z_m``, ``m`` the entry of the largest lower bound. Upper:
+    ``max = z_m`` where ``lo_m`` beats every other entry's upper bound, else the
+    constant ``max hi``. Non-overlapping windows (stride = kernel, no padding or
+    dilation: the quick models' 2×2 pools) are done by reshapes, other
+    windows by the certifier's op (unfold and fold, slower).
+    """
     if m.ceil_mode or m.return_indices:
         raise UserError("certified training cannot bound MaxPool2d with ceil_mode or return_indices")
     pair: Callable[[Any], tuple[int, int]] = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    op = MaxPool(pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation))
-    step = op.backward(a, [(lo, hi)], [in_shape])
-    assert step is not None            # max pooling always has linear bounds
-    (coef,), const = step
-    return coef, a.new_zeros(a.shape[:2]) if const is None else const
+    kernel, stride = pair(m.kernel_size), pair(m.stride or m.kernel_size)
+    padding, dilation = pair(m.padding), pair(m.dilation)
+    if kernel != stride or padding != (0, 0) or dilation != (1, 1):
+        step = MaxPool(kernel, stride, padding, dilation).backward(a, [(lo, hi)], [in_shape])
+        assert step is not None            # max pooling always has linear bounds
+        (coef,), const = step
+        return coef, a.new_zeros(a.shape[:2]) if const is None else const
+    b, s, c, ho, wo = a.shape
+    (kh, kw), (h, w) = kernel, in_shape[-2:]
+
+    def windows(v: Tensor) -> Tensor:                      # [B, C, H, W] -> [B, C, Ho, Wo, kh·kw]
+        v = v[..., :ho * kh, :wo * kw].reshape(b, c, ho, kh, wo, kw)
+        return v.permute(0, 1, 2, 4, 3, 5).reshape(b, c, ho, wo, kh * kw)
+
+    wl, wh = windows(lo), windows(hi)
+    best = wl.argmax(-1, keepdim=True)
+    onehot = torch.zeros_like(wl).scatter_(-1, best, 1.0)
+    others = wh.masked_fill(onehot.bool(), float("-inf")).amax(-1)
+    decided = (wl.gather(-1, best).squeeze(-1) >= others)[:, None]      # [B, 1, C, Ho, Wo]
+    on_best = torch.where(decided, a, a.clamp_min(0))
+    const = _dot(torch.where(decided, torch.zeros_like(a), a.clamp_max(0)), wh.amax(-1))
+    coef = (on_best[..., None] * onehot[:, None]).reshape(b, s, c, ho, wo, kh, kw)
+    coef = coef.permute(0, 1, 2, 3, 5, 4, 6).reshape(b, s, c, ho * kh, wo * kw)
+    return F.pad(coef, (0, w - wo * kw, 0, h - ho * kh)), const
 
 
 def _concretize_head(chain: Chain, spec: Tensor, bounds: list[Interval]) -> Tensor:
