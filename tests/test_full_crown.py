@@ -69,10 +69,10 @@ def test_full_crown_intermediate_bounds_enclose_sampled_activations(pool, seed, 
 
 
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("pool,seed", NETS)
+@pytest.mark.parametrize("pool,seed", NETS[:2])
 def test_no_attack_breaks_a_certificate_of_any_method(pool, seed, norm):
     net = _cnn(seed, pool)
-    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(10 + seed))
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(10 + seed))
     with torch.no_grad():
         y = net(x).argmax(1)
     cap = {"linf": 0.5, "l2": 2.0}[norm]
