@@ -21,7 +21,7 @@ def run(tmp_path_factory):
 
 def test_margin_certify_writes_both_bounds_per_example(run, tmp_path):
     out = tmp_path / "m"
-    assert main(["margin", str(run), "--n", "24", "--certify", "crown", "--out", str(out), "--quiet"]) == 0
+    assert main(["margin", str(run), "--n", "24", "--certify", "crown-ibp", "--out", str(out), "--quiet"]) == 0
     stats = json.loads((out / "margins.json").read_text())
     upper, lower = (torch.tensor(stats["per_example"][k]) for k in ("upper", "lower"))
     assert upper.shape == lower.shape == (24,)

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .certify import METHODS as CERTIFY_METHODS
 from .config import Config, apply_overrides, describe, load_preset, load_toml, preset_names, quick_methods
 from .errors import UserError
 from .stopping import Stopped
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source models for transfer attacks (--protocol paper only)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--margins", action="store_true", help="also estimate margins (always on for --protocol paper)")
-    e.add_argument("--certify", choices=["crown", "ibp"],
+    e.add_argument("--certify", choices=list(CERTIFY_METHODS),
                    help="also prove robustness by bound propagation: a certified-accuracy column")
     e.add_argument("--resume", action="store_true",
                    help="continue an interrupted evaluation of the same settings from its partial results "
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("margin", help="per-example margin estimates on the test split, with plots")
     _eval_common(m)
     m.add_argument("--eps-max", type=float, help="cap of the search (default 0.5 for linf, 8 for l2)")
-    m.add_argument("--certify", choices=["crown", "ibp"],
+    m.add_argument("--certify", choices=list(CERTIFY_METHODS),
                    help="also certified lower bounds per example (margins from both sides)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_margin)

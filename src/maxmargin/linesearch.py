@@ -246,8 +246,12 @@ def secant(
     return br.hi, br.known, spent
 
 
-def largest_proven(bound: Callable[[Tensor], Tensor], f0: Tensor, cap: Tensor, steps: int) -> Tensor:
+def largest_proven(bound: Callable[[Tensor], Tensor], f0: Tensor, cap: Tensor, steps: int,
+                   start: Tensor | None = None) -> Tensor:
     """Largest radius in ``[0, cap]`` proven by ``steps`` evaluations of ``bound``.
+
+    ``start``: a radius already proven (by a cheaper bound) below ``cap``, with
+    ``f0`` the values there; the bracket starts at ``[start, cap]``.
 
     ``bound(r)`` gives per-class lower bounds ``L_j(r)`` (shape ``[B, C]``)
     that fall from their values at ``r = 0``, ``f0``, as ``r`` grows; ``r``
@@ -263,7 +267,7 @@ def largest_proven(bound: Callable[[Tensor], Tensor], f0: Tensor, cap: Tensor, s
     with torch.no_grad():
         f_cap = bound(cap)
         done = f_cap.amin(1) > 0
-        br = Bracket(torch.zeros_like(cap), cap.clone(), f0, f_cap)
+        br = Bracket(torch.zeros_like(cap) if start is None else start.clone(), cap.clone(), f0, f_cap)
         assert br.f_lo is not None and br.f_hi is not None  # for mypy: set just above, and move keeps them tensors
         top = float(cap.max()) if cap.numel() else 0.0
         streak = torch.zeros_like(cap)         # +k: the proven end moved k times running, −k: the other end

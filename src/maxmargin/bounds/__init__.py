@@ -17,17 +17,25 @@ covers (:mod:`.registry`). The ops, one file per family:
   :func:`per_image_standardize` (interval bounds only: linear bound
   propagation stops there and uses its interval).
 
-Two methods give lower bounds of the margins ``f_y − f_j`` (``j ≠ y``),
-driven by :mod:`.propagate`:
+Four methods give lower bounds of the margins ``f_y − f_j`` (``j ≠ y``),
+driven by :mod:`.propagate` (:data:`METHODS`, loosest first):
 
 * ``"ibp"``: interval bounds layer by layer (Gowal et al. 2018), with the
   margin specification folded into the linear ops after the last
   non-linearity, as CROWN-IBP does: much tighter than subtracting intervals;
-* ``"crown"``: linear relaxations of every relaxed op propagated backwards to
-  the input (Zhang et al. 2018), concretized exactly over the ball and the
-  box. Intermediate (pre-activation) bounds come from CROWN itself where that
-  is affordable and from intervals elsewhere (CROWN-IBP style); every bound
-  is intersected with the interval one, so CROWN is never looser than IBP.
+* ``"crown-ibp"``: linear relaxations of every relaxed op propagated
+  backwards to the input (Zhang et al. 2018), concretized exactly over the
+  ball and the box; intermediate (pre-activation) bounds from CROWN where
+  that is cheap and from intervals elsewhere (CROWN-IBP style: on LeNet5 and
+  SmallCNN, every layer above the first convolution);
+* ``"crown"``: full CROWN: every intermediate bound a relaxation uses comes
+  from a backward pass, for the neurons whose relaxation depends on it
+  (ReLU's unstable ones), in chunks of rows that bound the memory;
+* ``"alpha-crown"``: full CROWN's intermediate bounds and the margins'
+  lower ReLU slopes optimized by projected gradient ascent (Xu et al. 2021).
+
+Every bound is intersected with the interval one, so no method is looser
+than IBP.
 
 Everything is vectorized over the batch and the specification rows; radii
 are per example. Bounds are computed in the model's floating-point type:
@@ -67,8 +75,12 @@ from .arithmetic import Add, Scale, Shift
 from .graph import Input, Node, trace
 from .pooling import AdaptiveAvgPool, AvgPool, MaxPool, Mean
 from .propagate import (
+    ALPHA_STEPS,
+    CHUNK_ENTRIES,
     CROWN_INTERMEDIATE_BUDGET,
+    METHODS,
     Region,
+    Reuse,
     interval_lower,
     layer_bounds,
     margin_lower_bounds,
@@ -79,7 +91,10 @@ from .standardize import Standardize, per_image_standardize
 Op = BoundOp    # the name before bound ops had a registry
 
 __all__ = [
+    "ALPHA_STEPS",
+    "CHUNK_ENTRIES",
     "CROWN_INTERMEDIATE_BUDGET",
+    "METHODS",
     "AdaptiveAvgPool",
     "Add",
     "Affine",
@@ -100,6 +115,7 @@ __all__ = [
     "Region",
     "Relu",
     "Reshape",
+    "Reuse",
     "SShaped",
     "Scale",
     "Shift",

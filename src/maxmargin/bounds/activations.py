@@ -22,24 +22,36 @@ Lines = tuple[Tensor, Tensor, Tensor, Tensor]
 
 @bound_op(nn.ReLU, F.relu, torch.relu, torch.relu_, "relu", "relu_")
 class Relu(BoundOp):
-    """``max(z, 0)``: the triangle relaxation, with the lower line of the smaller area."""
+    """``max(z, 0)``: the triangle relaxation, with the lower line of the smaller area.
+
+    The lower line ``α z`` is sound for any ``α ∈ [0, 1]``: α-CROWN tunes it
+    (:meth:`backward_tuned`), starting from the smaller-area choice.
+    """
 
     relaxed: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
+    tunable: ClassVar[bool] = True
 
     def interval(self, ins: list[Interval]) -> Interval:
         lo, hi = ins[0]
         return lo.clamp_min(0), hi.clamp_min(0)
 
     @staticmethod
-    def back(a: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Lower bound of ``a · relu(z)`` by a linear function of ``z``; ``lo``, ``hi`` broadcast against ``a``."""
+    def back(a: Tensor, lo: Tensor, hi: Tensor, slope: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Lower bound of ``a · relu(z)`` by a linear function of ``z``; ``lo``, ``hi`` broadcast against ``a``.
+
+        ``slope``: the lower line's slope on unstable neurons (clamped to
+        ``[0, 1]``, where the line stays below the ReLU); by default the
+        line of the smaller area, identity where ``hi > −lo``, else 0.
+        """
         active, unstable = lo >= 0, (lo < 0) & (hi > 0)
         slope_up = torch.where(unstable, hi / (hi - lo).clamp_min(1e-30), active.to(a.dtype))
-        # the lower line through the origin with the smaller area: identity where hi > -lo, else 0
-        slope_lo = torch.where(unstable, (hi > -lo).to(a.dtype), active.to(a.dtype))
-        pos, neg = a.clamp_min(0), a.clamp_max(0)
-        coef = pos * slope_lo + neg * slope_up
-        const = (neg * torch.where(unstable, -slope_up * lo, torch.zeros_like(lo))).flatten(2).sum(2)
+        tuned = (hi > -lo).to(a.dtype) if slope is None else slope.clamp(0, 1)
+        slope_lo = torch.where(unstable, tuned, active.to(a.dtype))
+        # few passes over ``a`` (full CROWN sends thousands of rows through here)
+        coef = a * torch.where(a >= 0, slope_lo, slope_up)
+        intercept = torch.where(unstable, -slope_up * lo, torch.zeros_like(lo)).expand(a.shape[0], 1, *a.shape[2:])
+        const = torch.bmm(a.clamp_max(0).flatten(2), intercept.flatten(2).transpose(1, 2)).squeeze(2)
         return coef, const
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
@@ -47,11 +59,28 @@ class Relu(BoundOp):
         coef, const = self.back(a, lo[:, None], hi[:, None])
         return [coef], const.reshape(a.shape[:2])
 
+    def backward_tuned(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                       params: Tensor) -> BackwardStep:
+        lo, hi = ins[0]
+        coef, const = self.back(a, lo[:, None], hi[:, None], params)
+        return [coef], const.reshape(a.shape[:2])
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return (lo < 0) & (hi > 0)
+
+    def initial_params(self, a: Tensor, ins: list[Interval]) -> Tensor:
+        lo, hi = ins[0]
+        return (hi > -lo).to(a.dtype)[:, None].expand_as(a).clone()
+
+    def project(self, params: Tensor) -> Tensor:
+        return params.clamp(0, 1)
+
 
 class Elementwise(BoundOp):
     """Base of elementwise activations relaxed by two lines per neuron: implement :meth:`lines`."""
 
     relaxed: ClassVar[bool] = True
+    pointwise: ClassVar[bool] = True
 
     @abstractmethod
     def lines(self, lo: Tensor, hi: Tensor) -> Lines:
@@ -88,6 +117,9 @@ class LeakyRelu(Elementwise):
 
     def f(self, z: Tensor) -> Tensor:
         return torch.where(z >= 0, z, self.alpha * z)
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return (lo < 0) & (hi > 0)      # linear on either side of the kink: exact whatever the bounds
 
     def interval(self, ins: list[Interval]) -> Interval:
         lo, hi = ins[0]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import grad as conv_grad
 
 from ..norms import bcast
 from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
@@ -70,7 +71,7 @@ class Affine(BoundOp):
         # A vector-Jacobian product of an affine map is its transpose applied to ``a``.
         z = torch.zeros(a.shape[0], *in_shape, dtype=a.dtype, device=a.device, requires_grad=True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.fn(z), z, a)
+            (g,) = torch.autograd.grad(self.fn(z), z, a, create_graph=a.requires_grad)
         return g, const
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
@@ -131,9 +132,11 @@ class Conv(Affine):
     """Convolution with zero padding: ``nn.Conv1d``/``nn.Conv2d`` or ``F.conv1d``/``F.conv2d`` with constant weights."""
 
     def __init__(self, conv: Callable[[Tensor, Tensor, Tensor | None], Tensor], weight: Tensor,
-                 bias: Tensor | None) -> None:
+                 bias: Tensor | None, options: dict[str, Any] | None = None) -> None:
         self.conv, self.w, self.b = conv, weight, bias
         self.fan_in = weight[0].numel()
+        # numeric stride/padding/dilation/groups: back-substitution is then one transposed convolution
+        self.options = options if options is not None and not isinstance(options.get("padding"), str) else None
 
     @classmethod
     def from_call(cls, call: Call) -> Conv:
@@ -142,10 +145,22 @@ class Conv(Affine):
             w, b = _weights(call)
             fn, opts = call.target, {k: call.option(i + 3, k) for i, k in enumerate(_CONV_OPTIONS)}
             opts = {k: v for k, v in opts.items() if v is not None}
-            return cls(lambda z, w_, b_: fn(z, w_, b_, **opts), w, b)
+            return cls(lambda z, w_, b_: fn(z, w_, b_, **opts), w, b, opts)
         if m.padding_mode != "zeros":
             raise Unsupported(f"padding_mode={m.padding_mode!r}; only zero padding is supported")
-        return cls(m._conv_forward, m.weight.detach(), None if m.bias is None else m.bias.detach())
+        return cls(m._conv_forward, m.weight.detach(), None if m.bias is None else m.bias.detach(),
+                   {k: getattr(m, k) for k in _CONV_OPTIONS})
+
+    def back(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        if self.options is None:
+            return super().back(a, in_shape)
+        # the transposed convolution directly: the generic vector-Jacobian product would also run a
+        # forward convolution of zeros as large as ``a``, and this one is differentiable (α-CROWN)
+        grad_input = conv_grad.conv1d_input if self.w.dim() == 3 else conv_grad.conv2d_input
+        o = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **self.options}
+        coef = grad_input((a.shape[0], *in_shape), self.w.to(a.dtype), a, o["stride"], o["padding"],
+                          o["dilation"], o["groups"])
+        return coef, (a * self.bias(in_shape, a)).flatten(1).sum(1)
 
     def fn(self, z: Tensor) -> Tensor:
         return self.conv(z, self.w, self.b)

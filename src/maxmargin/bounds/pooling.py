@@ -86,14 +86,15 @@ class MaxPool(BoundOp):
         decided = wl.gather(2, m).squeeze(2) >= others                # [B, C, L]
         top = wh.amax(dim=2)
         a = a.flatten(3)                                              # [B, S, C, L]
-        pos, neg = a.clamp_min(0), a.clamp_max(0)
-        on_m = pos + torch.where(decided[:, None], neg, torch.zeros_like(neg))
+        neg = a.clamp_max(0)
+        on_m = torch.where(decided[:, None], a, a.clamp_min(0))
         const = (torch.where(decided[:, None], torch.zeros_like(neg), neg) * top[:, None]).flatten(2).sum(2)
-        cols = (on_m.unsqueeze(3) * onehot[:, None]).reshape(b * s, -1, on_m.shape[-1])
-        ph, pw = self.padding
-        h, w = in_shape[-2] + 2 * ph, in_shape[-1] + 2 * pw
-        coef = F.fold(cols, (h, w), self.kernel, dilation=self.dilation, stride=self.stride)
-        coef = coef[..., ph:ph + in_shape[-2], pw:pw + in_shape[-1]]
+        # each window's coefficient goes to its argmax entry: a scatter-add into the input (windows may overlap)
+        where = self._windows(torch.arange(in_shape[-2] * in_shape[-1], dtype=lo.dtype, device=lo.device)
+                              .reshape(1, 1, *in_shape[-2:]).expand(1, lo.shape[1], -1, -1).contiguous())
+        index = where.expand(b, -1, -1, -1).gather(2, m).squeeze(2).long()      # [B, C, L]: flat input position
+        coef = torch.zeros(b, s, lo.shape[1], in_shape[-2] * in_shape[-1], dtype=a.dtype, device=a.device)
+        coef = coef.scatter_add(3, index[:, None].expand_as(on_m), on_m)
         return coef.reshape(b, s, *in_shape), const
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:

@@ -1,13 +1,35 @@
 """The bound driver: interval bounds forwards, linear bounds backwards, over a ball ∩ box region.
 
-It knows nothing about particular ops: it calls :meth:`BoundOp.interval`,
-:meth:`BoundOp.backward` and :meth:`BoundOp.input_interval` and reads the
-flags ``linear``, ``relaxed`` and ``fan_in``. The graph's node 0 is the input.
+It knows nothing about particular ops: it calls the methods of
+:class:`BoundOp` and reads its flags (``linear``, ``relaxed``, ``pointwise``,
+``tunable``, ``fan_in``). The graph's node 0 is the input.
+
+The methods, loosest and cheapest first (:data:`METHODS`):
+
+* ``"ibp"``: interval bounds, the specification folded into the linear ops
+  after the last non-linearity;
+* ``"crown-ibp"``: backward linear bounds for the margins; intermediate
+  (pre-activation) bounds by CROWN only where that is cheap
+  (:data:`CROWN_INTERMEDIATE_BUDGET`), by intervals elsewhere;
+* ``"crown"``: full CROWN: every intermediate bound a relaxation uses comes
+  from a backward pass too, but only for the neurons whose relaxation
+  depends on it (:meth:`BoundOp.needs_bounds`: ReLU's unstable ones), in
+  chunks of rows that bound the memory (:data:`CHUNK_ENTRIES`);
+* ``"alpha-crown"``: full CROWN's intermediate bounds, then the lower ReLU
+  slopes of the margins' backward pass optimized by projected Adam
+  (:data:`ALPHA_STEPS` steps), one set per example and margin.
+
+Every bound is intersected with the interval one, so each method is never
+looser than IBP. CROWN's margin bound is not monotone in the intermediate
+bounds (tighter ones change the relaxation each neuron gets, and with it the
+signs further down), so ``"crown"`` takes the better of its own and
+CROWN-IBP's bound, and α-CROWN keeps the best of all its steps and CROWN's:
+per example and margin, α-CROWN ≥ CROWN ≥ CROWN-IBP ≥ IBP by construction.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +45,17 @@ from .registry import Interval
 # which keeps 500 MNIST digits within minutes on two CPU cores; small MLPs
 # (784-100-100-10: 2e7) get CROWN all the way.
 CROWN_INTERMEDIATE_BUDGET = 3e7
+
+METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
+
+# Full CROWN's rows per backward pass: rows × examples × the widest node the pass goes through stays
+# under this many entries (64 MB in float32); a pass holds a few such tensors at once (ReLU's and
+# max pooling's backward steps make 4-8), so LeNet5 stays well under 1 GB per chunk.
+CHUNK_ENTRIES = 2 ** 24
+
+# α-CROWN: projected Adam on the lower ReLU slopes; auto_LiRPA's defaults are 20 steps at 0.1 too.
+ALPHA_STEPS = 20
+ALPHA_LR = 0.1
 
 
 @dataclass
@@ -58,13 +91,14 @@ def interval_lower(a: Tensor, box: Interval) -> Tensor:
 
 
 def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interval | None], region: Region,
-              relax: bool) -> Tensor:
+              relax: bool, params: dict[int, Tensor] | None = None) -> Tensor:
     """Lower bound of ``a · node[start]`` (``a``: ``[B, S, *shape]``) as ``[B, S]``.
 
     Walks the graph backwards through linear ops (affine maps, sums); with
     ``relax`` through every op's relaxation too. Wherever it stops (an op
     without linear bounds, or a relaxed op when ``relax`` is off), the
     coefficients are concretized against that node's interval bounds.
+    ``params``: free relaxation parameters of tunable nodes (α-CROWN), by node.
     """
     b, s = a.shape[:2]
     pending: dict[int, Tensor] = {start: a}
@@ -79,8 +113,12 @@ def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interva
             continue
         step = None
         if relax or node.op.linear:
-            step = node.op.backward(a, [bounds[j] for j in node.inputs],  # type: ignore[misc]
-                                    [nodes[j].shape for j in node.inputs])
+            ins = [bounds[j] for j in node.inputs]
+            shapes = [nodes[j].shape for j in node.inputs]
+            if params is not None and i in params:
+                step = node.op.backward_tuned(a, ins, shapes, params[i])  # type: ignore[arg-type]
+            else:
+                step = node.op.backward(a, ins, shapes)  # type: ignore[arg-type]
         if step is None:
             total = total + interval_lower(a, bounds[i])  # type: ignore[arg-type]
             continue
@@ -92,20 +130,30 @@ def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interva
     return total
 
 
-def _cone_cost(nodes: list[Node], k: int) -> float:
-    """Multiply-adds per example of a CROWN bound of node ``k``: 2·width rows through everything below it."""
+def _cone(nodes: list[Node], k: int) -> set[int]:
+    """Node ``k`` and every node it depends on."""
     seen, stack = set(), [k]
     while stack:
         i = stack.pop()
         if i not in seen:
             seen.add(i)
             stack.extend(nodes[i].inputs)
-    return 2.0 * nodes[k].numel * sum(nodes[i].numel * nodes[i].fan_in for i in seen)
+    return seen
 
 
-def _needs_bounds(nodes: list[Node]) -> set[int]:
-    """Nodes whose interval bounds feed a relaxation: CROWN tightens these."""
-    return {j for n in nodes if n.op.relaxed for j in n.inputs}
+def _cone_cost(nodes: list[Node], k: int) -> float:
+    """Multiply-adds per example of a CROWN bound of node ``k``: 2·width rows through everything below it."""
+    return 2.0 * nodes[k].numel * sum(nodes[i].numel * nodes[i].fan_in for i in _cone(nodes, k))
+
+
+def _consumers(nodes: list[Node]) -> dict[int, list[Node]]:
+    """For every node whose interval bounds feed a relaxation: the relaxed ops reading it."""
+    out: dict[int, list[Node]] = {}
+    for n in nodes:
+        if n.op.relaxed:
+            for j in n.inputs:
+                out.setdefault(j, []).append(n)
+    return out
 
 
 def _on_input(node: Node) -> bool:
@@ -113,22 +161,49 @@ def _on_input(node: Node) -> bool:
     return node.inputs == [0]
 
 
-def layer_bounds(nodes: list[Node], region: Region, method: str) -> list[Interval]:
-    """Interval bounds of every node; with ``method="crown"`` tightened by CROWN where affordable."""
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+
+
+def _intersect(box: Interval, prior: Interval | None) -> Interval:
+    return box if prior is None else (torch.maximum(box[0], prior[0]), torch.minimum(box[1], prior[1]))
+
+
+def layer_bounds(nodes: list[Node], region: Region, method: str,
+                 prior: Sequence[Interval | None] | None = None) -> list[Interval]:
+    """Interval bounds of every node, tightened by backward bounds as ``method`` says (see :data:`METHODS`).
+
+    ``prior``: bounds known to hold over this region (e.g. computed over a
+    larger ball; ``±inf`` where unknown), intersected with every node's.
+    ``"crown"`` here is the same as ``"alpha-crown"`` (α only tunes the margins).
+    """
+    _check_method(method)
     bounds: list[Interval | None] = [None] * len(nodes)
-    want = _needs_bounds(nodes) if method == "crown" else set()
+    consumers = _consumers(nodes) if method != "ibp" else {}
+    full = method in ("crown", "alpha-crown")
     for i, node in enumerate(nodes):
         op = node.op
         if not node.inputs:
-            bounds[i] = op.interval([region.box()])
+            box = op.interval([region.box()])
         elif _on_input(node):
-            bounds[i] = op.input_interval(region)
+            box = op.input_interval(region)
         else:
-            bounds[i] = op.interval([bounds[j] for j in node.inputs])  # type: ignore[misc]
+            box = op.interval([bounds[j] for j in node.inputs])  # type: ignore[misc]
+        bounds[i] = box = _intersect(box, None if prior is None else prior[i])
         # an affine map of the input is already exact per neuron over the ball (and boxed)
         exact = op.linear and _on_input(node)
-        if i in want and not exact and _cone_cost(nodes, i) <= CROWN_INTERMEDIATE_BUDGET:
-            lo, hi = bounds[i]  # type: ignore[misc]
+        if i not in consumers or exact:
+            continue
+        if full:
+            # an activation's output: its interval is exact given its input's, no row can beat it
+            if not op.pointwise:
+                need = torch.zeros_like(box[0], dtype=torch.bool)
+                for c in consumers[i]:
+                    need = need | c.op.needs_bounds(*bounds[i])  # type: ignore[misc]
+                bounds[i] = _crown_rows(nodes, i, need, bounds, region)
+        elif _cone_cost(nodes, i) <= CROWN_INTERMEDIATE_BUDGET:
+            lo, hi = box
             b, n = lo.shape[0], node.numel
             eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
             a = torch.cat([eye, -eye]).reshape(1, 2 * n, *node.shape).expand(b, -1, *node.shape)
@@ -139,20 +214,183 @@ def layer_bounds(nodes: list[Node], region: Region, method: str) -> list[Interva
     return bounds  # type: ignore[return-value]
 
 
-def margin_lower_bounds(nodes: list[Node], region: Region, y: Tensor, method: str) -> Tensor:
-    """Lower bounds of ``f_y − f_j`` for every ``j ≠ y`` over the region: ``[B, classes − 1]``."""
-    out = nodes[-1]
-    classes = out.shape[0]
+def _crown_rows(nodes: list[Node], i: int, need: Tensor, bounds: list[Interval | None], region: Region) -> Interval:
+    """Node ``i``'s bounds tightened by CROWN on the entries ``need`` (``[B, *shape]``) only, in chunks of rows.
+
+    Each example lists its own needed entries; chunk ``c`` takes the
+    ``c``-th block of every example's list, for the examples whose list is
+    that long (so an example needing few rows costs few). A chunk holds as
+    many rows as :data:`CHUNK_ENTRIES` allows against the widest node below ``i``.
+    """
+    lo, hi = bounds[i]  # type: ignore[misc]
+    b, n = lo.shape[0], nodes[i].numel
+    need = need.reshape(b, n)
+    count = need.sum(1)
+    k = int(count.max()) if b else 0
+    if k == 0:
+        return lo, hi
+    # the needed entries of each example first, in index order
+    order = need.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
+    widest = max(nodes[j].numel for j in _cone(nodes, i))
+    flo, fhi = lo.reshape(b, n), hi.reshape(b, n)
+    s = 0
+    while s < k:
+        ex = (count > s).nonzero().squeeze(1)
+        c = max(1, min(k - s, CHUNK_ENTRIES // (2 * len(ex) * widest)))
+        sel = order[ex, s:s + c]
+        keep = torch.arange(s, s + c, device=lo.device) < count[ex, None]
+        rows = torch.zeros(len(ex), c, n, dtype=lo.dtype, device=lo.device).scatter_(2, sel[:, :, None], 1.0)
+        a = torch.cat([rows, -rows], 1).reshape(len(ex), 2 * c, *nodes[i].shape)
+        sub = Region(region.x0[ex], region.r[ex], region.norm, region.lo, region.hi)
+        low = _backward(nodes, i, a, [None if t is None else (t[0][ex], t[1][ex]) for t in bounds], sub, relax=True)
+        inf = torch.full_like(low[:, :c], float("inf"))
+        flo = flo.index_copy(0, ex, flo[ex].scatter_reduce(1, sel, torch.where(keep, low[:, :c], -inf), "amax"))
+        fhi = fhi.index_copy(0, ex, fhi[ex].scatter_reduce(1, sel, torch.where(keep, -low[:, c:], inf), "amin"))
+        s += c
+    return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+
+
+@dataclass
+class Reuse:
+    """What one radius search over a fixed batch carries from one bound evaluation to the next.
+
+    A bound over the ``R``-ball holds over every smaller ball, so layer
+    bounds computed at radius ``R`` tighten (by intersection) those at any
+    ``r ≤ R``; neurons they show stable cost no rows there. The check
+    ``r ≤ R`` is made per example at every use, so a caller cannot make a
+    bound unsound by keeping the wrong ones (only less useful). α-CROWN's
+    slopes are sound for any value and warm-start the next evaluation.
+    """
+
+    radius: Tensor | None = None                 # [B]: the kept bounds hold for every radius up to this
+    bounds: list[Interval] | None = None
+    slopes: dict[int, Tensor] = field(default_factory=dict)
+    _last: tuple[Tensor, list[Interval]] | None = None
+
+    def prior(self, r: Tensor) -> list[Interval | None] | None:
+        """The kept bounds where they hold at radius ``r`` (per example), ``±inf`` elsewhere."""
+        if self.radius is None or self.bounds is None:
+            return None
+        ok = r <= self.radius
+        out: list[Interval | None] = []
+        for lo, hi in self.bounds:
+            m = ok.reshape(-1, *[1] * (lo.dim() - 1))
+            out.append((torch.where(m, lo, float("-inf")), torch.where(m, hi, float("inf"))))
+        return out
+
+    def record(self, r: Tensor, bounds: list[Interval]) -> None:
+        """The last evaluation's radii and layer bounds, for :meth:`keep`."""
+        self._last = (r.detach().clone(), [(lo.detach(), hi.detach()) for lo, hi in bounds])
+
+    def keep(self, where: Tensor) -> None:
+        """Keep the last evaluation's bounds where ``where``: radii that the later ones will not exceed."""
+        if self._last is None:
+            return
+        r, bounds = self._last
+        if self.radius is None or self.bounds is None:
+            self.radius, self.bounds = r, bounds
+            return
+        self.radius = torch.where(where, r, self.radius)
+        out = []
+        for (lo, hi), (klo, khi) in zip(bounds, self.bounds):
+            m = where.reshape(-1, *[1] * (lo.dim() - 1))
+            out.append((torch.where(m, lo, klo), torch.where(m, hi, khi)))
+        self.bounds = out
+
+
+def _spec(nodes: list[Node], y: Tensor, like: Tensor) -> Tensor:
+    """``[B, classes − 1, classes]``: row ``j`` reads ``f_y − f_j`` for every ``j ≠ y`` in ascending order."""
+    classes = nodes[-1].shape[0]
     b = y.shape[0]
-    x0 = region.x0
     others = torch.arange(classes, device=y.device).expand(b, -1)
     others = others[others != y[:, None]].reshape(b, classes - 1)
-    spec = torch.zeros(b, classes - 1, classes, dtype=x0.dtype, device=x0.device)
+    spec = torch.zeros(b, classes - 1, classes, dtype=like.dtype, device=like.device)
     spec.scatter_(2, y[:, None, None].expand(-1, classes - 1, 1), 1.0)
     spec.scatter_(2, others[:, :, None], -1.0)
-    bounds = layer_bounds(nodes, region, method)
-    # the specification folded into the linear ops after the last non-linearity (CROWN-IBP)
-    low = _backward(nodes, len(nodes) - 1, spec, bounds, region, relax=False)
-    if method == "crown":
-        low = torch.maximum(low, _backward(nodes, len(nodes) - 1, spec, bounds, region, relax=True))
+    return spec
+
+
+def margin_lower_bounds(nodes: list[Node], region: Region, y: Tensor, method: str,
+                        reuse: Reuse | None = None) -> Tensor:
+    """Lower bounds of ``f_y − f_j`` for every ``j ≠ y`` over the region: ``[B, classes − 1]``.
+
+    ``reuse`` (one radius search over a fixed batch): kept layer bounds and
+    α-CROWN slopes from earlier evaluations, see :class:`Reuse`; this
+    evaluation's layer bounds are recorded in it.
+    """
+    _check_method(method)
+    prior = None if reuse is None else reuse.prior(region.r)
+    low, bounds = _margins(nodes, region, y, method, prior)
+    if reuse is not None:
+        reuse.record(region.r, bounds)
+    if method in ("crown", "alpha-crown"):
+        # CROWN's bound is not monotone in the intermediate bounds (tighter ones change which relaxation
+        # each neuron gets downstream, and it can lose a few percent), so CROWN-IBP's is a candidate too
+        low = torch.maximum(low, _margins(nodes, region, y, "crown-ibp", prior)[0])
+    if method == "alpha-crown":
+        low = _tune_slopes(nodes, _spec(nodes, y, region.x0), bounds, region, low, reuse)
     return low
+
+
+def _margins(nodes: list[Node], region: Region, y: Tensor, method: str,
+             prior: Sequence[Interval | None] | None) -> tuple[Tensor, list[Interval]]:
+    """The margins' lower bounds by ``method`` without α, and the layer bounds they used."""
+    spec = _spec(nodes, y, region.x0)
+    bounds = layer_bounds(nodes, region, method, prior)
+    last = len(nodes) - 1
+    # the specification folded into the linear ops after the last non-linearity (CROWN-IBP)
+    low = _backward(nodes, last, spec, bounds, region, relax=False)
+    if method != "ibp":
+        low = torch.maximum(low, _backward(nodes, last, spec, bounds, region, relax=True))
+    return low, bounds
+
+
+def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region: Region, low: Tensor,
+                 reuse: Reuse | None) -> Tensor:
+    """α-CROWN: the margins' bound maximized over the tunable ops' parameters, per example and margin.
+
+    Only examples not yet proven (some margin bound ≤ 0) are tuned; each
+    margin's bound is the best of every step (all are sound) and of
+    ``low``, CROWN's. The tuned parameters start from ``reuse``'s (the last
+    evaluation's) where it has them and go back into it.
+    """
+    tunable = [i for i, n in enumerate(nodes) if n.op.tunable and n.inputs]
+    rows = (low.amin(1) <= 0).nonzero().squeeze(1)
+    if not tunable or rows.numel() == 0:
+        return low
+    b, s = spec.shape[:2]
+    sub = Region(region.x0[rows], region.r[rows], region.norm, region.lo, region.hi)
+    sub_bounds = [(lo[rows].detach(), hi[rows].detach()) for lo, hi in bounds]
+    params: dict[int, Tensor] = {}
+    for i in tunable:
+        shape = (b, s, *nodes[i].shape)
+        kept = reuse.slopes.get(i) if reuse is not None else None
+        if kept is not None and kept.shape == shape:
+            start = kept[rows]
+        else:
+            like = torch.zeros(len(rows), s, *nodes[i].shape, dtype=low.dtype, device=low.device)
+            start = nodes[i].op.initial_params(like, [sub_bounds[j] for j in nodes[i].inputs])
+        params[i] = start.detach().clone().requires_grad_()
+    best = low[rows]
+    last = len(nodes) - 1
+    with torch.enable_grad():
+        opt = torch.optim.Adam(list(params.values()), lr=ALPHA_LR)
+        for step in range(ALPHA_STEPS):
+            value = _backward(nodes, last, spec[rows], sub_bounds, sub, relax=True, params=params)
+            best = torch.maximum(best, value.detach())
+            if step == ALPHA_STEPS - 1:
+                break
+            opt.zero_grad()
+            (-value.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for i, p in params.items():
+                    p.copy_(nodes[i].op.project(p))
+    if reuse is not None:
+        for i, p in params.items():
+            kept = reuse.slopes.get(i)
+            if kept is None or kept.shape[0] != b:
+                like = torch.zeros(b, s, *nodes[i].shape, dtype=low.dtype, device=low.device)
+                kept = nodes[i].op.initial_params(like, [bounds[j] for j in nodes[i].inputs]).detach()
+            reuse.slopes[i] = kept.index_copy(0, rows, p.detach())
+    return low.index_copy(0, rows, best)

@@ -48,11 +48,20 @@ class BoundOp(ABC):
     * ``relaxed``: :meth:`backward` uses the interval bounds of the inputs
       (a linear relaxation), so ``"crown"`` tightens those bounds first;
     * ``fan_in``: multiply-adds per output element of one backward pass,
-      for the cost model that decides where CROWN is affordable.
+      for the cost model that decides where CROWN-IBP uses CROWN;
+    * ``pointwise``: each output entry depends on one input entry and its
+      :meth:`interval` is exact given the input's bounds (the activations):
+      a backward bound on its output cannot beat that interval, so full
+      CROWN spends no rows on it;
+    * ``tunable``: :meth:`backward` has free parameters (α-CROWN's lower
+      slopes): the op implements :meth:`backward_tuned`,
+      :meth:`initial_params` and :meth:`project`.
     """
 
     linear: ClassVar[bool] = False
     relaxed: ClassVar[bool] = False
+    pointwise: ClassVar[bool] = False
+    tunable: ClassVar[bool] = False
     fan_in: int = 1
 
     @classmethod
@@ -77,6 +86,32 @@ class BoundOp(ABC):
         bound and the driver uses its output interval there.
         """
         return None
+
+    def backward_tuned(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                       params: Tensor) -> BackwardStep:
+        """:meth:`backward` of a ``tunable`` op with its free parameters ``params`` (shaped like ``a``).
+
+        Sound for every value: the op projects ``params`` onto their feasible set itself.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not tunable")
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Which entries of a relaxed op's input need tight bounds: a boolean mask shaped like ``lo``.
+
+        Full CROWN computes backward bounds only for these; the others keep
+        their interval bounds. The default is every entry; ReLU needs only
+        the unstable ones (the interval straddles 0): elsewhere its
+        relaxation is exact whatever the bounds.
+        """
+        return torch.ones_like(lo, dtype=torch.bool)
+
+    def initial_params(self, a: Tensor, ins: list[Interval]) -> Tensor:
+        """A ``tunable`` op's parameters before optimization (the plain CROWN relaxation's), shaped like ``a``."""
+        raise NotImplementedError(f"{type(self).__name__} is not tunable")
+
+    def project(self, params: Tensor) -> Tensor:
+        """The nearest feasible parameters (α-CROWN's projected gradient step)."""
+        return params
 
     def input_interval(self, region: Region) -> Interval:
         """Bounds of the output when the op is applied to the model input itself, over ``region``.

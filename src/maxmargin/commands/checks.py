@@ -57,7 +57,7 @@ def check_counts(n: int | None, batch_size: int) -> None:
 def check_certify(method: str | None) -> None:
     """``--certify``: one of the bound methods, or ``None`` for none."""
     if method is not None and method not in CERTIFY_METHODS:
-        raise UserError(f"--certify {method!r}: choose {' or '.join(CERTIFY_METHODS)}")
+        raise UserError(f"--certify {method!r}: choose one of {', '.join(CERTIFY_METHODS)}")
 
 
 def check_eps_max(cap: float | None) -> None:

@@ -33,8 +33,8 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
     """Margins of a run's test examples: margins.json, margins.pt and the plots (sharded under torchrun).
 
     ``eps_max`` caps the search (default: the norm's entry of
-    :data:`~maxmargin.norm_tables.MARGIN_CAPS`). With ``certify`` (``"crown"``
-    or ``"ibp"``) every example also gets a certified lower bound:
+    :data:`~maxmargin.norm_tables.MARGIN_CAPS`). With ``certify`` (one of
+    :data:`maxmargin.certify.METHODS`) every example also gets a certified lower bound:
     ``margins.pt`` holds ``{"upper": ..., "lower": ...}``, ``margins.json``
     both per example and the certified accuracy over the dataset's ε grid,
     and ``margin_sandwich.png`` shows both bounds. Returns ``margins.json``'s content.

@@ -47,7 +47,7 @@ def quickstart(out: Path, device: str = "auto", progress: bool = True, methods: 
     for name, run in runs.items():
         norm = load_toml(run / "config.toml").norm     # the run's own norm, whatever the preset says now
         r = evaluate_run(run, protocol="quick", eps=table_eps_grid("digits", norm), n=N_TEST, device=device,
-                         margins=True, progress=progress, certify="crown")
+                         margins=True, progress=progress, certify="crown-ibp")
         for flag in r.flags:
             print(f"WARNING ({name}): {flag}")
     table = compare_runs(list(runs.values()), Path(out))

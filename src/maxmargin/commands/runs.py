@@ -103,7 +103,7 @@ def evaluate_run(target: Path, protocol: str = "quick", eps: Sequence[float] | N
     ``eps``: the radii (default: the grid of the dataset and ``norm``);
     ``norm``: the threat model (default: the run's); ``margins``: also
     estimate margins and use them as one more attack (default: only for the
-    paper protocol); ``certify`` (``"crown"`` or ``"ibp"``) adds certified
+    paper protocol); ``certify`` (one of :data:`maxmargin.certify.METHODS`) adds certified
     accuracy at every ε. Under ``torchrun`` every rank attacks a shard of the
     examples; all ranks get the full result and rank 0 alone writes the files.
     Partial results are saved after every attacked batch; ``resume``
