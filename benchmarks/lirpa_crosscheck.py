@@ -1,0 +1,66 @@
+"""Margin lower bounds of maxmargin's bound methods against auto_LiRPA's, on one run's test digits (benchmark only).
+
+    python benchmarks/lirpa_crosscheck.py RUN N EPS
+
+auto_LiRPA is not a dependency. It ran here from its newest public source (the
+"May 2026 release", commit a050a3d) on torch 2.13 CPU without patches, put on
+PYTHONPATH (its setup.py failed under `pip install -e --no-deps`) in a venv
+with `appdirs` and `graphviz` (pure Python) added:
+
+    python -m venv --system-site-packages /tmp/lirpa_env
+    /tmp/lirpa_env/bin/pip install appdirs graphviz
+    PYTHONPATH=/path/to/auto_LiRPA:src /tmp/lirpa_env/bin/python benchmarks/lirpa_crosscheck.py RUN 20 0.02
+
+Each row: our mean worst-margin lower bound vs theirs over the correctly
+classified digits (L∞ ball ∩ [0, 1] box, same specification matrix), the
+largest difference, the share of digits where ours is ≥ 0.99× theirs on every
+margin, and the times.
+"""
+import sys
+import time
+
+import torch
+from auto_LiRPA import BoundedModule, BoundedTensor
+from auto_LiRPA.perturbations import PerturbationLpNorm
+
+from maxmargin import load_data, load_model
+from maxmargin.bounds import Region, margin_lower_bounds, trace
+from maxmargin.norms import get_norm
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model, cfg, _ = load_model(sys.argv[1])
+    x, y = load_data(cfg, "test", n=int(sys.argv[2]))
+    eps = float(sys.argv[3])
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    b = x.shape[0]
+    nodes = trace(model, x[:1])
+    region = Region(x, torch.full((b,), eps), get_norm("linf"), 0.0, 1.0)
+    # the specification f_y - f_j for every j != y, as both libraries take it
+    others = torch.arange(10).expand(b, -1)
+    others = others[others != y[:, None]].reshape(b, 9)
+    spec = torch.zeros(b, 9, 10)
+    spec.scatter_(2, y[:, None, None].expand(-1, 9, 1), 1.0)
+    spec.scatter_(2, others[:, :, None], -1.0)
+    bounded = BoundedModule(model, torch.zeros(1, *x.shape[1:]))
+    ball = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
+    for ours, theirs in (("ibp", "IBP"), ("crown-ibp", "CROWN-IBP"), ("crown", "CROWN")):
+        t = time.perf_counter()
+        with torch.no_grad():
+            a = margin_lower_bounds(nodes, region, y, ours)
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        lower, _ = bounded.compute_bounds(x=(BoundedTensor(x, ball),), C=spec, method=theirs, bound_upper=False)
+        t_theirs = time.perf_counter() - t
+        lower = lower.detach()
+        close = (a >= lower - 1e-5 - 0.01 * lower.abs()).all(1).float().mean()
+        print(f"{ours:10s} n={b} eps={eps}: ours mean {float(a.min(1).values.mean()):.4f} vs auto_LiRPA "
+              f"{float(lower.min(1).values.mean()):.4f}; max |diff| {float((a - lower).abs().max()):.2e}; "
+              f"ours >= 0.99x theirs on {float(close):.3f}; time {t_ours:.1f}s vs {t_theirs:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
