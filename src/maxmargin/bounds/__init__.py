@@ -85,7 +85,7 @@ from .propagate import (
     layer_bounds,
     margin_lower_bounds,
 )
-from .registry import BoundOp, Call, Interval, Unsupported, bound_op
+from .registry import BoundOp, Call, Interval, TunableOp, Unsupported, bound_op
 from .standardize import Standardize, per_image_standardize
 
 Op = BoundOp    # the name before bound ops had a registry
@@ -122,6 +122,7 @@ __all__ = [
     "Sigmoid",
     "Standardize",
     "Tanh",
+    "TunableOp",
     "Unsupported",
     "bound_op",
     "interval_lower",

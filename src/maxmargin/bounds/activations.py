@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import BackwardStep, BoundOp, Call, Interval, bound_op
+from .registry import BackwardStep, BoundOp, Call, Interval, TunableOp, bound_op
 
 Lines = tuple[Tensor, Tensor, Tensor, Tensor]
 """``(sl, bl, su, bu)``: slopes and intercepts of the lower and upper lines, each shaped like the bounds."""
 
 
 @bound_op(nn.ReLU, F.relu, torch.relu, torch.relu_, "relu", "relu_")
-class Relu(BoundOp):
+class Relu(TunableOp):
     """``max(z, 0)``: the triangle relaxation, with the lower line of the smaller area.
 
     The lower line ``α z`` is sound for any ``α ∈ [0, 1]``: α-CROWN tunes it
@@ -30,7 +30,6 @@ class Relu(BoundOp):
 
     relaxed: ClassVar[bool] = True
     pointwise: ClassVar[bool] = True
-    tunable: ClassVar[bool] = True
 
     def interval(self, ins: list[Interval]) -> Interval:
         lo, hi = ins[0]

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from ..norms import Norm, bcast
 from .graph import Node
-from .registry import Interval
+from .registry import Interval, TunableOp
 
 # CROWN bounds for an intermediate layer cost (2 × its width) backward passes
 # through everything beneath it. Above this many multiply-adds per example and
@@ -116,7 +117,7 @@ def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interva
             ins = [bounds[j] for j in node.inputs]
             shapes = [nodes[j].shape for j in node.inputs]
             if params is not None and i in params:
-                step = node.op.backward_tuned(a, ins, shapes, params[i])  # type: ignore[arg-type]
+                step = cast(TunableOp, node.op).backward_tuned(a, ins, shapes, params[i])  # type: ignore[arg-type]
             else:
                 step = node.op.backward(a, ins, shapes)  # type: ignore[arg-type]
         if step is None:
@@ -369,7 +370,7 @@ def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region
             start = kept[rows]
         else:
             like = torch.zeros(len(rows), s, *nodes[i].shape, dtype=low.dtype, device=low.device)
-            start = nodes[i].op.initial_params(like, [sub_bounds[j] for j in nodes[i].inputs])
+            start = cast(TunableOp, nodes[i].op).initial_params(like, [sub_bounds[j] for j in nodes[i].inputs])
         params[i] = start.detach().clone().requires_grad_()
     best = low[rows]
     last = len(nodes) - 1
@@ -385,12 +386,12 @@ def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region
             opt.step()
             with torch.no_grad():
                 for i, p in params.items():
-                    p.copy_(nodes[i].op.project(p))
+                    p.copy_(cast(TunableOp, nodes[i].op).project(p))
     if reuse is not None:
         for i, p in params.items():
             kept = reuse.slopes.get(i)
             if kept is None or kept.shape[0] != b:
                 like = torch.zeros(b, s, *nodes[i].shape, dtype=low.dtype, device=low.device)
-                kept = nodes[i].op.initial_params(like, [bounds[j] for j in nodes[i].inputs]).detach()
+                kept = cast(TunableOp, nodes[i].op).initial_params(like, [bounds[j] for j in nodes[i].inputs]).detach()
             reuse.slopes[i] = kept.index_copy(0, rows, p.detach())
     return low.index_copy(0, rows, best)

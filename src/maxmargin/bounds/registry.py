@@ -87,14 +87,6 @@ class BoundOp(ABC):
         """
         return None
 
-    def backward_tuned(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
-                       params: Tensor) -> BackwardStep:
-        """:meth:`backward` of a ``tunable`` op with its free parameters ``params`` (shaped like ``a``).
-
-        Sound for every value: the op projects ``params`` onto their feasible set itself.
-        """
-        raise NotImplementedError(f"{type(self).__name__} is not tunable")
-
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
         """Which entries of a relaxed op's input need tight bounds: a boolean mask shaped like ``lo``.
 
@@ -105,14 +97,6 @@ class BoundOp(ABC):
         """
         return torch.ones_like(lo, dtype=torch.bool)
 
-    def initial_params(self, a: Tensor, ins: list[Interval]) -> Tensor:
-        """A ``tunable`` op's parameters before optimization (the plain CROWN relaxation's), shaped like ``a``."""
-        raise NotImplementedError(f"{type(self).__name__} is not tunable")
-
-    def project(self, params: Tensor) -> Tensor:
-        """The nearest feasible parameters (α-CROWN's projected gradient step)."""
-        return params
-
     def input_interval(self, region: Region) -> Interval:
         """Bounds of the output when the op is applied to the model input itself, over ``region``.
 
@@ -120,6 +104,28 @@ class BoundOp(ABC):
         the region's box; affine ops override it to use the ball too.
         """
         return self.interval([region.box()])
+
+class TunableOp(BoundOp):
+    """An op whose :meth:`backward` has free parameters that α-CROWN optimizes (e.g. ReLU's lower slope)."""
+
+    tunable: ClassVar[bool] = True
+
+    @abstractmethod
+    def backward_tuned(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                       params: Tensor) -> BackwardStep:
+        """:meth:`backward` of a ``tunable`` op with its free parameters ``params`` (shaped like ``a``).
+
+        Sound for every value: the op projects ``params`` onto their feasible set itself.
+        """
+
+    @abstractmethod
+    def initial_params(self, a: Tensor, ins: list[Interval]) -> Tensor:
+        """A ``tunable`` op's parameters before optimization (the plain CROWN relaxation's), shaped like ``a``."""
+
+    def project(self, params: Tensor) -> Tensor:
+        """The nearest feasible parameters (α-CROWN's projected gradient step)."""
+        return params
+
 
 
 @dataclass
