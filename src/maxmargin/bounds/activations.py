@@ -64,8 +64,9 @@ class Relu(TunableOp):
         coef, const = self.back(a, lo[:, None], hi[:, None], params)
         return [coef], const.reshape(a.shape[:2])
 
-    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
-        return (lo < 0) & (hi > 0)
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        unstable = (lo < 0) & (hi > 0)
+        return unstable, unstable
 
     def initial_params(self, a: Tensor, ins: list[Interval]) -> Tensor:
         lo, hi = ins[0]
@@ -117,8 +118,9 @@ class LeakyRelu(Elementwise):
     def f(self, z: Tensor) -> Tensor:
         return torch.where(z >= 0, z, self.alpha * z)
 
-    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
-        return (lo < 0) & (hi > 0)      # linear on either side of the kink: exact whatever the bounds
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        unstable = (lo < 0) & (hi > 0)      # linear on either side of the kink: exact whatever the bounds
+        return unstable, unstable
 
     def interval(self, ins: list[Interval]) -> Interval:
         lo, hi = ins[0]

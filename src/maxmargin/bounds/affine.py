@@ -34,7 +34,6 @@ class Affine(BoundOp):
     """
 
     linear: ClassVar[bool] = True
-    is_reshape: ClassVar[bool] = False
     matrix: Tensor | None = None
     _bias: Tensor | None = None
 

@@ -71,6 +71,31 @@ class MaxPool(BoundOp):
         cols = F.unfold(v, self.kernel, dilation=self.dilation, stride=self.stride)
         return cols.reshape(v.shape[0], v.shape[1], -1, cols.shape[-1])
 
+    def _positions(self, like: Tensor) -> Tensor:
+        """``[1, C, k, L]``: every window entry's flat input position, ``-1`` for padding."""
+        h, w = like.shape[-2:]
+        flat = torch.arange(h * w, dtype=torch.float64, device=like.device)
+        pos = self._windows(flat.reshape(1, 1, h, w).expand(1, like.shape[1], -1, -1).contiguous())
+        return torch.where(pos.isinf(), -1, pos).long()
+
+    @staticmethod
+    def _to_input(per_entry: Tensor, positions: Tensor, like: Tensor) -> Tensor:
+        """Sum window entries (``[B, C, k, L]``, zero on padding) into their input positions: ``like``'s shape."""
+        index = positions.clamp_min(0).expand(per_entry.shape[0], -1, -1, -1).flatten(2)
+        out = torch.zeros(*per_entry.shape[:2], like.shape[-2] * like.shape[-1], dtype=per_entry.dtype,
+                          device=per_entry.device)
+        return out.scatter_add(2, index, per_entry.flatten(2)).reshape(like.shape)
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower: each window's entry of the largest lower bound (it decides the relaxation). Upper: every
+        entry that can be the largest (their upper bounds decide whether the max is settled, and its cap)."""
+        wl, wh = self._windows(lo), self._windows(hi)
+        m = wl.argmax(dim=2, keepdim=True)
+        first = torch.zeros_like(wl).scatter_(2, m, 1.0)
+        can = (wh >= wl.gather(2, m)).to(lo.dtype)
+        pos = self._positions(lo)
+        return self._to_input(first, pos, lo) > 0, self._to_input(can, pos, lo) > 0
+
     def back(self, a: Tensor, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``a``: ``[B, S, C, Ho, Wo]``; ``lo``/``hi``: ``[B, C, H, W]``.
 
@@ -78,7 +103,6 @@ class MaxPool(BoundOp):
         bound. Upper: ``max = z_m`` when ``lo_m`` beats every other entry's upper
         bound, else the constant ``max hi``.
         """
-        b, s = a.shape[:2]
         wl, wh = self._windows(lo), self._windows(hi)                 # [B, C, k, L]
         m = wl.argmax(dim=2, keepdim=True)
         onehot = torch.zeros_like(wl).scatter_(2, m, 1.0)
@@ -90,12 +114,10 @@ class MaxPool(BoundOp):
         on_m = torch.where(decided[:, None], a, a.clamp_min(0))
         const = (torch.where(decided[:, None], torch.zeros_like(neg), neg) * top[:, None]).flatten(2).sum(2)
         # each window's coefficient goes to its argmax entry: a scatter-add into the input (windows may overlap)
-        where = self._windows(torch.arange(in_shape[-2] * in_shape[-1], dtype=lo.dtype, device=lo.device)
-                              .reshape(1, 1, *in_shape[-2:]).expand(1, lo.shape[1], -1, -1).contiguous())
-        index = where.expand(b, -1, -1, -1).gather(2, m).squeeze(2).long()      # [B, C, L]: flat input position
-        coef = torch.zeros(b, s, lo.shape[1], in_shape[-2] * in_shape[-1], dtype=a.dtype, device=a.device)
+        index = self._positions(lo).expand(a.shape[0], -1, -1, -1).gather(2, m).squeeze(2)   # [B, C, L]
+        coef = torch.zeros(*a.shape[:3], in_shape[-2] * in_shape[-1], dtype=a.dtype, device=a.device)
         coef = coef.scatter_add(3, index[:, None].expand_as(on_m), on_m)
-        return coef.reshape(b, s, *in_shape), const
+        return coef.reshape(*a.shape[:2], *in_shape), const
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
         lo, hi = ins[0]

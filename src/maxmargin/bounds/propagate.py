@@ -12,9 +12,10 @@ The methods, loosest and cheapest first (:data:`METHODS`):
   (pre-activation) bounds by CROWN only where that is cheap
   (:data:`CROWN_INTERMEDIATE_BUDGET`), by intervals elsewhere;
 * ``"crown"``: full CROWN: every intermediate bound a relaxation uses comes
-  from a backward pass too, but only for the neurons whose relaxation
-  depends on it (:meth:`BoundOp.needs_bounds`: ReLU's unstable ones), in
-  chunks of rows that bound the memory (:data:`CHUNK_ENTRIES`);
+  from a backward pass too, but only the bounds that some relaxation reads
+  (:meth:`BoundOp.needs_bounds`: ReLU's unstable neurons; behind a ReLU, max
+  pooling's possible maxima), in chunks of rows that bound the memory
+  (:data:`CHUNK_ENTRIES`);
 * ``"alpha-crown"``: full CROWN's intermediate bounds, then the lower ReLU
   slopes of the margins' backward pass optimized by projected Adam
   (:data:`ALPHA_STEPS` steps), one set per example and margin.
@@ -147,19 +148,44 @@ def _cone_cost(nodes: list[Node], k: int) -> float:
     return 2.0 * nodes[k].numel * sum(nodes[i].numel * nodes[i].fan_in for i in _cone(nodes, k))
 
 
-def _consumers(nodes: list[Node]) -> dict[int, list[Node]]:
-    """For every node whose interval bounds feed a relaxation: the relaxed ops reading it."""
-    out: dict[int, list[Node]] = {}
-    for n in nodes:
+def _consumers(nodes: list[Node]) -> dict[int, list[int]]:
+    """For every node whose interval bounds feed a relaxation: the relaxed nodes reading it."""
+    out: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
         if n.op.relaxed:
             for j in n.inputs:
-                out.setdefault(j, []).append(n)
+                out.setdefault(j, []).append(k)
     return out
 
 
-def _on_input(node: Node) -> bool:
-    """The node is one op applied to the model input (node 0) alone."""
-    return node.inputs == [0]
+def _needs(nodes: list[Node], i: int, box: Interval, consumers: dict[int, list[int]]) -> tuple[Tensor, Tensor]:
+    """Which of node ``i``'s lower and upper bounds a relaxation downstream reads.
+
+    Its relaxed readers say (:meth:`BoundOp.needs_bounds`); a pointwise reader
+    (ReLU) passes on what its own relaxed readers need of its output (max
+    pooling after a ReLU reads the active neurons' bounds too). Pointwise ops
+    are monotone increasing, so an output's lower (upper) bound is the image
+    of the input's; where the output interval is a point (a dead ReLU) no
+    input bound can tighten it.
+    """
+    lo = torch.zeros_like(box[0], dtype=torch.bool)
+    hi = lo.clone()
+    for c in consumers[i]:
+        op = nodes[c].op
+        cl, ch = op.needs_bounds(*box)
+        lo, hi = lo | cl, hi | ch
+        if op.pointwise and c in consumers:
+            out = op.interval([box])
+            moves = out[0] < out[1]
+            for d in consumers[c]:
+                dl, dh = nodes[d].op.needs_bounds(*out)
+                lo, hi = lo | (dl & moves), hi | (dh & moves)
+    return lo, hi
+
+
+def _input_view(views: dict[int, Region], node: Node) -> Region | None:
+    """The input region as ``node``'s one input sees it, when that input is the model input or a reshape of it."""
+    return views.get(node.inputs[0]) if len(node.inputs) == 1 else None
 
 
 def _check_method(method: str) -> None:
@@ -183,26 +209,28 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
     bounds: list[Interval | None] = [None] * len(nodes)
     consumers = _consumers(nodes) if method != "ibp" else {}
     full = method in ("crown", "alpha-crown")
+    # the input region in the shape of the input and of every reshape of it (a flatten before the first layer)
+    views: dict[int, Region] = {0: region}
     for i, node in enumerate(nodes):
         op = node.op
+        seen = _input_view(views, node) if node.inputs else None
         if not node.inputs:
             box = op.interval([region.box()])
-        elif _on_input(node):
-            box = op.input_interval(region)
+        elif seen is not None:
+            box = op.input_interval(seen)
+            if op.is_reshape:
+                views[i] = Region(seen.x0.reshape(-1, *node.shape), seen.r, seen.norm, seen.lo, seen.hi)
         else:
             box = op.interval([bounds[j] for j in node.inputs])  # type: ignore[misc]
         bounds[i] = box = _intersect(box, None if prior is None else prior[i])
         # an affine map of the input is already exact per neuron over the ball (and boxed)
-        exact = op.linear and _on_input(node)
+        exact = op.linear and seen is not None
         if i not in consumers or exact:
             continue
         if full:
             # an activation's output: its interval is exact given its input's, no row can beat it
             if not op.pointwise:
-                need = torch.zeros_like(box[0], dtype=torch.bool)
-                for c in consumers[i]:
-                    need = need | c.op.needs_bounds(*bounds[i])  # type: ignore[misc]
-                bounds[i] = _crown_rows(nodes, i, need, bounds, region)
+                bounds[i] = _crown_rows(nodes, i, *_needs(nodes, i, box, consumers), bounds, region)
         elif _cone_cost(nodes, i) <= CROWN_INTERMEDIATE_BUDGET:
             lo, hi = box
             b, n = lo.shape[0], node.numel
@@ -215,40 +243,43 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
     return bounds  # type: ignore[return-value]
 
 
-def _crown_rows(nodes: list[Node], i: int, need: Tensor, bounds: list[Interval | None], region: Region) -> Interval:
-    """Node ``i``'s bounds tightened by CROWN on the entries ``need`` (``[B, *shape]``) only, in chunks of rows.
+def _crown_rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, bounds: list[Interval | None],
+                region: Region) -> Interval:
+    """Node ``i``'s bounds tightened by CROWN where ``need_lo`` / ``need_hi`` (``[B, *shape]``) say, in chunks of rows.
 
-    Each example lists its own needed entries; chunk ``c`` takes the
+    Each example lists its own needed bounds (row ``q < n`` bounds entry
+    ``q`` from below, row ``n + q`` from above); chunk ``c`` takes the
     ``c``-th block of every example's list, for the examples whose list is
     that long (so an example needing few rows costs few). A chunk holds as
     many rows as :data:`CHUNK_ENTRIES` allows against the widest node below ``i``.
     """
     lo, hi = bounds[i]  # type: ignore[misc]
     b, n = lo.shape[0], nodes[i].numel
-    need = need.reshape(b, n)
+    need = torch.cat([need_lo.reshape(b, n), need_hi.reshape(b, n)], 1)
     count = need.sum(1)
     k = int(count.max()) if b else 0
     if k == 0:
         return lo, hi
-    # the needed entries of each example first, in index order
+    # the needed rows of each example first, in index order
     order = need.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
     widest = max(nodes[j].numel for j in _cone(nodes, i))
-    flo, fhi = lo.reshape(b, n), hi.reshape(b, n)
+    # both sides in one vector: lower bounds, then upper bounds negated (a lower bound of −z is −upper)
+    flat = torch.cat([lo.reshape(b, n), -hi.reshape(b, n)], 1)
     s = 0
     while s < k:
         ex = (count > s).nonzero().squeeze(1)
-        c = max(1, min(k - s, CHUNK_ENTRIES // (2 * len(ex) * widest)))
+        c = max(1, min(k - s, CHUNK_ENTRIES // (len(ex) * widest)))
         sel = order[ex, s:s + c]
         keep = torch.arange(s, s + c, device=lo.device) < count[ex, None]
-        rows = torch.zeros(len(ex), c, n, dtype=lo.dtype, device=lo.device).scatter_(2, sel[:, :, None], 1.0)
-        a = torch.cat([rows, -rows], 1).reshape(len(ex), 2 * c, *nodes[i].shape)
+        sign = torch.where(sel < n, 1.0, -1.0).to(lo.dtype)
+        rows = torch.zeros(len(ex), c, n, dtype=lo.dtype, device=lo.device).scatter_(2, (sel % n)[:, :, None],
+                                                                                     sign[:, :, None])
         sub = Region(region.x0[ex], region.r[ex], region.norm, region.lo, region.hi)
-        low = _backward(nodes, i, a, [None if t is None else (t[0][ex], t[1][ex]) for t in bounds], sub, relax=True)
-        inf = torch.full_like(low[:, :c], float("inf"))
-        flo = flo.index_copy(0, ex, flo[ex].scatter_reduce(1, sel, torch.where(keep, low[:, :c], -inf), "amax"))
-        fhi = fhi.index_copy(0, ex, fhi[ex].scatter_reduce(1, sel, torch.where(keep, -low[:, c:], inf), "amin"))
+        low = _backward(nodes, i, rows.reshape(len(ex), c, *nodes[i].shape),
+                        [None if t is None else (t[0][ex], t[1][ex]) for t in bounds], sub, relax=True)
+        flat = flat.index_copy(0, ex, flat[ex].scatter_reduce(1, sel, torch.where(keep, low, -torch.inf), "amax"))
         s += c
-    return flo.reshape(lo.shape), fhi.reshape(hi.shape)
+    return flat[:, :n].reshape(lo.shape), (-flat[:, n:]).reshape(hi.shape)
 
 
 @dataclass

@@ -56,12 +56,15 @@ class BoundOp(ABC):
     * ``tunable``: :meth:`backward` has free parameters (α-CROWN's lower
       slopes): the op implements :meth:`backward_tuned`,
       :meth:`initial_params` and :meth:`project`.
+    * ``is_reshape``: the identity on the values with a new shape (flatten,
+      eval-mode dropout): a reshape of the input is still the input region.
     """
 
     linear: ClassVar[bool] = False
     relaxed: ClassVar[bool] = False
     pointwise: ClassVar[bool] = False
     tunable: ClassVar[bool] = False
+    is_reshape: ClassVar[bool] = False
     fan_in: int = 1
 
     @classmethod
@@ -87,15 +90,16 @@ class BoundOp(ABC):
         """
         return None
 
-    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
-        """Which entries of a relaxed op's input need tight bounds: a boolean mask shaped like ``lo``.
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Which bounds of a relaxed op's input need to be tight: boolean masks ``(lower, upper)`` shaped like ``lo``.
 
         Full CROWN computes backward bounds only for these; the others keep
-        their interval bounds. The default is every entry; ReLU needs only
-        the unstable ones (the interval straddles 0): elsewhere its
-        relaxation is exact whatever the bounds.
+        their interval bounds. The default is both sides of every entry; ReLU
+        needs only the unstable entries (the interval straddles 0): elsewhere
+        its relaxation is exact whatever the bounds.
         """
-        return torch.ones_like(lo, dtype=torch.bool)
+        every = torch.ones_like(lo, dtype=torch.bool)
+        return every, every
 
     def input_interval(self, region: Region) -> Interval:
         """Bounds of the output when the op is applied to the model input itself, over ``region``.
