@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maxmargin.cli import main
-from maxmargin.diagnostics import certificate_flags
+from maxmargin.diagnostics import certificate_flags, sandwich_flags
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,22 @@ def test_margin_certify_writes_both_bounds_per_example(run, tmp_path):
     cert, emp = stats["certified"]["accuracy"], stats["certified"]["empirical_accuracy"]
     assert set(cert) == set(emp) and all(cert[e] <= emp[e] for e in cert)
     assert (out / "margin_sandwich.png").is_file()
+    assert stats["flags"] == []
+
+
+def test_a_certificate_above_the_attack_is_flagged_in_margins_json(run, tmp_path, monkeypatch, capsys):
+    import maxmargin.commands.margin as margin_cmd
+
+    def too_high(model, x, y, **kw):
+        return torch.full((x.shape[0],), 10.0)      # above every verified adversarial point's norm
+
+    monkeypatch.setattr(margin_cmd, "certified_margin", too_high)
+    out = tmp_path / "m"
+    assert main(["margin", str(run), "--n", "8", "--certify", "ibp", "--out", str(out), "--quiet"]) == 0
+    stats = json.loads((out / "margins.json").read_text())
+    assert len(stats["flags"]) == 1 and "above the norm of a verified adversarial point" in stats["flags"][0]
+    assert "WARNING" in capsys.readouterr().err
+    assert sandwich_flags(torch.tensor([0.1, 0.2]), torch.tensor([0.1, 0.3])) == []
 
 
 def test_eval_certify_adds_a_column_never_above_robust_accuracy(run, tmp_path):

@@ -153,7 +153,7 @@ def test_entry_point_exit_code_in_a_real_process(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("maxmargin: error: unknown preset")
 
 
-def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypatch, capsys):
+def test_quickstart_trains_its_runs_and_writes_a_comparison(tmp_path, monkeypatch, capsys):
     import json
 
     from conftest import tiny_preset
@@ -174,13 +174,13 @@ def test_quickstart_trains_three_runs_and_writes_a_comparison(tmp_path, monkeypa
     assert (tmp_path / "compare.md").is_file() and (tmp_path / "compare.png").is_file()
     # a second call reuses the finished runs instead of training again
     qs.quickstart(tmp_path, device="cpu", progress=False)
-    assert capsys.readouterr().out.count("reusing the finished run") == 3
+    assert capsys.readouterr().out.count("reusing the finished run") == len(qs.PRESETS)
 
 
 def test_quickstart_methods_selects_presets_and_rejects_unknown(capsys):
     from maxmargin.commands.quickstart import presets_for
 
-    assert presets_for(None) == ("quick-standard", "quick-pgd", "quick-mma")
+    assert presets_for(None) == ("quick-standard", "quick-pgd", "quick-mma", "quick-ibp")
     assert presets_for("trades, amm,mma-ddn") == ("quick-trades", "quick-amm", "quick-mma-ddn")
     assert run_cli("quickstart", "--methods", "standard,bogus", "--out", "/nonexistent/qs") == 2
     assert "bogus" in capsys.readouterr().err

@@ -138,12 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"maxmargin {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("quickstart", help="train standard, PGD-AT and MMA on the bundled digits and compare")
-    q.add_argument("--out", default="runs/quickstart", help="folder for the three runs (default runs/quickstart)")
+    q = sub.add_parser("quickstart", help="train standard, PGD-AT, MMA and IBP on the bundled digits and compare")
+    q.add_argument("--out", default="runs/quickstart", help="folder for the runs (default runs/quickstart)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train and evaluate (default: a GPU if there is one)")
     q.add_argument("--methods", help="comma-separated methods with a quick-METHOD preset: "
-                                     f"{','.join(quick_methods())} (default standard,pgd,mma)")
+                                     f"{','.join(quick_methods())} (default standard,pgd,mma,ibp)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quickstart)
 

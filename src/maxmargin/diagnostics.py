@@ -99,3 +99,16 @@ def certificate_flags(robust: Tensor, certified: Tensor, eps: list[float]) -> li
             return [f"{broken} examples certified robust at ε={e:g} were broken by an attack: the certificate or "
                     "the attack is wrong; report this as a bug with the checkpoint"]
     return []
+
+
+def sandwich_flags(lower: Tensor, upper: Tensor) -> list[str]:
+    """A certified radius above the norm of a verified adversarial point means a bug in the bound or the attack.
+
+    ``lower``: certified radii; ``upper``: the attack's margins (each the norm of a point checked to be
+    misclassified, or the search's cap where none was found, which no certificate exceeds either).
+    """
+    above = int((lower.to(upper.device) > upper * (1 + 1e-6) + 1e-7).sum())
+    if above:
+        return [f"{above} examples have a certified radius above the norm of a verified adversarial point: the "
+                "certificate or the attack is wrong; report this as a bug with the checkpoint"]
+    return []

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..certify import certified_margin
+from ..diagnostics import sandwich_flags
 from ..checkpoint import load_model
 from ..distributed import barrier, init_distributed, rank_world, shutdown
 from ..errors import UserError
@@ -62,6 +63,10 @@ def margin_run(target: Path, out: Path | None = None, n: int | None = None, batc
                               "accuracy": {str(e): int((lower >= e).sum()) / max(len(lower), 1) for e in grid},
                               "empirical_accuracy": {str(e): int((m > e).sum()) / max(len(m), 1) for e in grid}}
         stats["per_example"] = {"upper": m.cpu().tolist(), "lower": lower.cpu().tolist()}
+        stats["flags"] = sandwich_flags(lower, m)
+        if info.main:
+            for flag in stats["flags"]:
+                print(f"WARNING: {flag}", file=sys.stderr, flush=True)
     if info.main:
         write_margins(m, stats, Path(out) if out is not None else run_dir_of(target), cfg.norm, cap, lower)
     barrier()

@@ -17,12 +17,12 @@ from ..norm_tables import table_eps_grid
 from ..report import compare_runs
 from .runs import evaluate_run, train_or_reuse
 
-PRESETS = ("quick-standard", "quick-pgd", "quick-mma")
+PRESETS = ("quick-standard", "quick-pgd", "quick-mma", "quick-ibp")
 N_TEST = 300           # test digits attacked (of 2000): keeps the whole job under 10 CPU minutes
 
 
 def presets_for(methods: str | None) -> tuple[str, ...]:
-    """Preset names for ``--methods standard,pgd,mma,...`` (default: standard, PGD-AT and MMA).
+    """Preset names for ``--methods standard,pgd,mma,...`` (default: standard, PGD-AT, MMA and IBP).
 
     Every ``quick-X`` preset makes ``X`` a choice, so a new method joins by its preset alone.
     """
