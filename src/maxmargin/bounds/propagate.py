@@ -13,8 +13,8 @@ The methods, loosest and cheapest first (:data:`METHODS`):
   (:data:`CROWN_INTERMEDIATE_BUDGET`), by intervals elsewhere;
 * ``"crown"``: full CROWN: every intermediate bound a relaxation uses comes
   from a backward pass too, but only the bounds that some relaxation reads
-  (:meth:`BoundOp.needs_bounds`: ReLU's unstable neurons; behind a ReLU, max
-  pooling's possible maxima), in chunks of rows that bound the memory
+  (:meth:`BoundOp.needs_bounds`: ReLU's unstable neurons; behind a ReLU, the
+  entries max pooling can take), in chunks of rows that bound the memory
   (:data:`CHUNK_ENTRIES`);
 * ``"alpha-crown"``: full CROWN's intermediate bounds, then the lower ReLU
   slopes of the margins' backward pass optimized by projected Adam
