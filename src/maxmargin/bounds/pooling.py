@@ -91,8 +91,11 @@ class MaxPool(BoundOp):
         follows, whether the maximum is settled, and its cap. (Only the largest lower bound's entry from below
         left 20 % of quick-mma's digits more than 1 % looser than auto_LiRPA's CROWN at ε 0.1; this, none.)"""
         wl, wh = self._windows(lo), self._windows(hi)
-        can = (wh >= wl.amax(dim=2, keepdim=True)).to(lo.dtype)
-        need = self._to_input(can, self._positions(lo), lo) > 0
+        m = wl.argmax(dim=2, keepdim=True)
+        others = wh.scatter(2, m, float("-inf")).amax(dim=2, keepdim=True)
+        # a settled window (one entry above every other's reach) is relaxed exactly: it needs nothing
+        can = (wh >= wl.gather(2, m)) & (wl.gather(2, m) < others)
+        need = self._to_input(can.to(lo.dtype), self._positions(lo), lo) > 0
         return need, need
 
     def back(self, a: Tensor, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
