@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..certify import certified_margin
-from ..diagnostics import sandwich_flags
 from ..checkpoint import load_model
+from ..diagnostics import sandwich_flags
 from ..distributed import barrier, init_distributed, rank_world, shutdown
 from ..errors import UserError
 from ..files import save_torch_atomic, write_json_sealed
