@@ -47,12 +47,23 @@ class ALMAResult:
     found: Tensor    # whether x_adv is adversarial (misclassified examples: found at norm 0)
 
 
-def _constraint(logits: Tensor, y: Tensor, tol: float) -> Tensor:
-    """``(f_y − max_{j≠y} f_j + tol) / (top₁ − top₃)``: > 0 while ``y`` is predicted (or tied)."""
-    c = logits.shape[1]
-    top = logits.topk(min(3, c), dim=1).values
-    spread = top[:, 0] - top[:, -1]
-    return (-logit_margin(logits, y) + tol) / (spread + 1e-8)
+def _constraint(logits: Tensor, y: Tensor, tol: float, target: Tensor | None = None) -> Tensor:
+    """``(f_y − max_{j≠y} f_j + tol) / (top₁ − top₃)``: > 0 while ``y`` is predicted (or tied).
+
+    With a per-row ``target``, ``f_t`` replaces the max: the search heads for that class's boundary.
+    With two classes there is no third logit; the difference is used as it is.
+    """
+    if logits.shape[1] >= 3:
+        top = logits.topk(3, dim=1).values
+        spread = top[:, 0] - top[:, 2]
+    else:
+        # two classes: top₁ − top₂ is |the difference itself|, which would make z ≡ ±1 with no gradient
+        spread = torch.ones_like(logits[:, 0])
+    if target is None:
+        diff = -logit_margin(logits, y)
+    else:
+        diff = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)
+    return (diff + tol) / (spread + 1e-8)
 
 
 def _p2_grad(z: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
@@ -69,9 +80,9 @@ def _p2_grad(z: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
 
 
 def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: float, hi: float,
-                      lr: float = 0.1, lr_reduction: float = 0.01, mu_init: float = 1.0, rho_init: float = 1.0,
+                      lr: float | Tensor = 0.1, lr_reduction: float = 0.01, mu_init: float = 1.0, rho_init: float = 1.0,
                       check_every: int = 10, tau: float = 0.95, gamma: float = 1.2, avg: float = 0.9,
-                      tol: float = 1e-4) -> tuple[Tensor, Tensor]:
+                      tol: float = 1e-4, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The smallest adversarial point found per example and its L2 distance to ``x`` (inf where none; ``x`` there).
 
     The model must already be in eval mode (callers hold :func:`frozen`);
@@ -94,10 +105,11 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
     ever = torch.zeros(b, dtype=torch.bool, device=x.device)
     first = torch.full((b,), float(steps), **opts)          # step of the first success; `steps` = not yet
     prev_z = torch.zeros(b, **opts)
+    lr0 = torch.as_tensor(lr, **opts).expand(b)
     for i in range(steps + 1):
         xa = point.clone().requires_grad_(True)
         logits = model(xa)
-        z = _constraint(logits, y, tol)
+        z = _constraint(logits, y, tol, target)
         with torch.no_grad():
             adv = logit_margin(logits, y) > 0        # strictly: a tie may still be classified as y
             delta = point - x
@@ -129,9 +141,13 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
                 # ∇‖δ‖₂ = δ/‖δ‖ (0 at δ = 0, where the first step is on the penalty alone)
                 g = g + delta / bcast(n.clamp_min(tiny(n)), x)
             frac = (i - first).clamp_min(0) / (steps - first).clamp_min(1)
-            step = lr * lr_reduction ** frac
-            square_avg.mul_(avg).addcmul_(g, g, value=1 - avg)
+            step = lr0 * lr_reduction ** frac
+            # where the gradient stays 0 (pixels held at the box) both averages decay as avg^i and reach
+            # float32's denormals after ~850 steps, which made later steps 30x slower on a CPU; flooring
+            # them changes no step (√1e-20 is far below the 1e-8 added to it)
+            square_avg.mul_(avg).addcmul_(g, g, value=1 - avg).clamp_(min=1e-20)
             momentum.mul_(avg).add_(g / (square_avg.sqrt() + 1e-8))
+            momentum.masked_fill_(momentum.abs() < 1e-20, 0.0)
             point = torch.clamp(point - bcast(step, x) * momentum, lo, hi)
     return best_x, best
 
