@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..losses import logit_margin
 from ..norms import bcast, get_norm, tiny
-from ._common import Bounds, check_count, check_inputs, check_labels, frozen
+from ._common import Bounds, check_count, check_inputs, check_labels, frozen, input_grad
 
 
 @dataclass
@@ -106,6 +106,9 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
     first = torch.full((b,), float(steps), **opts)          # step of the first success; `steps` = not yet
     prev_z = torch.zeros(b, **opts)
     lr0 = torch.as_tensor(lr, **opts).expand(b)
+    # constants that float16 can hold (1e12 overflows it, 1e-20 is 0 there)
+    info = torch.finfo(x.dtype)
+    mu_max, floor = min(1e12, info.max), max(1e-20, info.tiny)
     for i in range(steps + 1):
         xa = point.clone().requires_grad_(True)
         logits = model(xa)
@@ -131,12 +134,12 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
                 rho = torch.where(stuck, gamma * rho, rho)
                 prev_z = zd
             if i > 0:
-                mu = (avg * mu + (1 - avg) * _p2_grad(zd, rho, mu)).clamp(1e-6, 1e12)
+                mu = (avg * mu + (1 - avg) * _p2_grad(zd, rho, mu)).clamp(1e-6, mu_max)
             weight = _p2_grad(zd, rho, mu)
-        # ∇δ P(z) = P'(z) ∇δ z: one backward pass with the per-example weight
-        (g,) = torch.autograd.grad((z * weight).sum(), xa, allow_unused=True)
+        # ∇δ P(z) = P'(z) ∇δ z: one backward pass with the per-example weight (zeros for a model
+        # that ignores or detaches its input, non-finite entries zeroed)
+        g = input_grad((z * weight).sum(), xa)
         with torch.no_grad():
-            g = torch.zeros_like(x) if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             if i > 0:
                 # ∇‖δ‖₂ = δ/‖δ‖ (0 at δ = 0, where the first step is on the penalty alone)
                 g = g + delta / bcast(n.clamp_min(tiny(n)), x)
@@ -145,9 +148,9 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
             # where the gradient stays 0 (pixels held at the box) both averages decay as avg^i and reach
             # float32's denormals after ~850 steps, which made later steps 30x slower on a CPU; flooring
             # them changes no step (√1e-20 is far below the 1e-8 added to it)
-            square_avg.mul_(avg).addcmul_(g, g, value=1 - avg).clamp_(min=1e-20)
+            square_avg.mul_(avg).addcmul_(g, g, value=1 - avg).clamp_(min=floor)
             momentum.mul_(avg).add_(g / (square_avg.sqrt() + 1e-8))
-            momentum.masked_fill_(momentum.abs() < 1e-20, 0.0)
+            momentum.masked_fill_(momentum.abs() < floor, 0.0)
             point = torch.clamp(point - bcast(step, x) * momentum, lo, hi)
     return best_x, best
 
