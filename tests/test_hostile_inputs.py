@@ -70,8 +70,19 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from maxmargin import attacks
-from maxmargin.attacks import (ALMAResult, ANPGDResult, DDNResult, alma, alma_search, anpgd, anpgd_search, ddn,
-                               ddn_search, fgsm, pgd)
+from maxmargin.attacks import (
+    ALMAResult,
+    ANPGDResult,
+    DDNResult,
+    alma,
+    alma_search,
+    anpgd,
+    anpgd_search,
+    ddn,
+    ddn_search,
+    fgsm,
+    pgd,
+)
 from maxmargin.certify import certified_margin
 from maxmargin.evaluate import EvalResult, evaluate
 from maxmargin.margin import estimate_margin

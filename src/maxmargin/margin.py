@@ -82,8 +82,9 @@ def estimate_margin(
     against adv-lib's minimal-norm attacks on LeNet5 (benchmarks/RESULTS.md):
     within 2 % of the best of them on 95-100 % of digits, mean below each.
     On adversarially trained SmallCNNs the FMN and PGD stages alone were
-    10-14 % above the best adv-lib L2 attack; the ALMA stage brings the L2
-    mean below every adv-lib attack (docs/margins.md has the numbers).
+    8-13 % above the best adv-lib L2 attack (ALMA) in mean; with the ALMA
+    stage the L2 mean is 8-11 % below it, within 2 % of the best adv-lib
+    value on 95-98 % of digits, at 1.3× ALMA's time (docs/margins.md).
 
     ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
     ``steps`` iterations started at ``eps_max / 10``.

@@ -26,7 +26,9 @@ Why the pieces are there:
   last step, so the search settles on the boundary instead of circling it.
 
 Written from the paper's description; adv-lib 0.2.8's ``alma`` (BSD) was read
-for its default constants only, which are the paper's.
+for facts only: the default constants (the paper's), the RMSProp variant
+(squared averages started at 1, momentum 0.9) and the step decay from an
+example's first success.
 """
 from __future__ import annotations
 
@@ -94,18 +96,18 @@ def lagrangian_search(model: nn.Module, x: Tensor, y: Tensor, steps: int, lo: fl
     """
     l2 = get_norm("l2")
     b = x.shape[0]
-    opts = dict(dtype=x.dtype, device=x.device)
+    dt, dev = x.dtype, x.device
     point = x.clone()                    # the iterate itself, always inside the box: what is evaluated is returned
     square_avg = torch.ones_like(x)      # as in the paper's RMSProp: the first steps are not blown up by 1/√g²
     momentum = torch.zeros_like(x)
-    mu = torch.full((b,), mu_init, **opts)
-    rho = torch.full((b,), rho_init, **opts)
-    best = torch.full((b,), float("inf"), **opts)
+    mu = torch.full((b,), mu_init, dtype=dt, device=dev)
+    rho = torch.full((b,), rho_init, dtype=dt, device=dev)
+    best = torch.full((b,), float("inf"), dtype=dt, device=dev)
     best_x = x.clone()
     ever = torch.zeros(b, dtype=torch.bool, device=x.device)
-    first = torch.full((b,), float(steps), **opts)          # step of the first success; `steps` = not yet
-    prev_z = torch.zeros(b, **opts)
-    lr0 = torch.as_tensor(lr, **opts).expand(b)
+    first = torch.full((b,), float(steps), dtype=dt, device=dev)          # step of the first success; `steps` = not yet
+    prev_z = torch.zeros(b, dtype=dt, device=dev)
+    lr0 = torch.as_tensor(lr, dtype=dt, device=dev).expand(b)
     # constants that float16 can hold (1e12 overflows it, 1e-20 is 0 there)
     info = torch.finfo(x.dtype)
     mu_max, floor = min(1e12, info.max), max(1e-20, info.tiny)
