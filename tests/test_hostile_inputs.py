@@ -70,7 +70,19 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from maxmargin import attacks
-from maxmargin.attacks import ANPGDResult, DDNResult, anpgd, anpgd_search, ddn, ddn_search, fgsm, pgd
+from maxmargin.attacks import (
+    ALMAResult,
+    ANPGDResult,
+    DDNResult,
+    alma,
+    alma_search,
+    anpgd,
+    anpgd_search,
+    ddn,
+    ddn_search,
+    fgsm,
+    pgd,
+)
 from maxmargin.certify import certified_margin
 from maxmargin.evaluate import EvalResult, evaluate
 from maxmargin.margin import estimate_margin
@@ -82,11 +94,11 @@ EXAMPLES = 260                          # generated cases of the hostile test
 ACCEPTED_EXAMPLES = 80                  # generated cases of the accepted-only test
 
 ATTACKS = {"pgd": pgd, "fgsm": fgsm, "anpgd": anpgd, "anpgd_search": anpgd_search, "ddn": ddn,
-           "ddn_search": ddn_search}
+           "ddn_search": ddn_search, "alma": alma, "alma_search": alma_search}
 APIS = [*ATTACKS, "estimate_margin", "certified_margin", "evaluate"]
 RADIUS_ARG = {"pgd": "eps", "fgsm": "eps", "anpgd": "eps_max", "anpgd_search": "eps_max", "ddn": "init_norm",
               "ddn_search": "init_norm", "estimate_margin": "eps_max", "certified_margin": "eps_max",
-              "evaluate": "eps"}
+              "evaluate": "eps", "alma": None, "alma_search": None}    # None: the API takes no radius
 POSITIVE_RADIUS = {"ddn", "ddn_search", "estimate_margin", "certified_margin"}   # a radius of 0 is refused
 
 # Variants of each feature: accepted ones, and hostile ones (the API must refuse them)
@@ -227,6 +239,8 @@ def build(c: Case) -> tuple[nn.Module, Tensor, object, object, object, dict[str,
         blame["y"] = "y" if b or c.y not in ("too_big", "negative") else "?y"
 
     name = RADIUS_ARG[c.api]
+    if name is None:
+        c.radius = "float"          # nothing to vary: the case runs with its other features
     size = b if c.api != "evaluate" else max(b, 1)
     vals = (0.05 + 0.3 * torch.rand(size, generator=g, dtype=torch.float64)).tolist()
     radius: object = {
@@ -264,6 +278,8 @@ def call(c: Case, model: nn.Module, x: Tensor, y, radius, bounds):
                               bounds=bounds, **opts)
     if c.api in ("ddn", "ddn_search"):
         return ATTACKS[c.api](model, x, y, steps=3, init_norm=radius, bounds=bounds)
+    if c.api in ("alma", "alma_search"):
+        return ATTACKS[c.api](model, x, y, steps=3, bounds=bounds)
     if c.api == "estimate_margin":
         attack = "ddn" if c.norm == "l2" and v == 3 else "pgd"
         return estimate_margin(model, x, y, norm=c.norm, eps_max=radius, steps=2, search_steps=3, targets=2,
@@ -318,8 +334,14 @@ def check_result(c: Case, out, x: Tensor, radius, bounds) -> None:
         check_radii(out.eps, x, cap)
         assert out.found.dtype == torch.bool and out.found.shape == (b,)
         assert out.clean_logits.shape == (b, CLASSES) and bool(torch.isfinite(out.clean_logits).all())
-    elif c.api == "ddn":
+    elif c.api in ("ddn", "alma"):
         check_points(out, x, bounds, c, None, "l2")
+    elif c.api == "alma_search":
+        assert isinstance(out, ALMAResult)
+        check_points(out.x_adv, x, bounds, c, None, "l2")
+        r = out.norm
+        assert r.shape == (b,) and r.dtype == x.dtype and bool((r >= 0).all())   # inf where nothing was found
+        assert out.found.dtype == torch.bool and bool((out.found == torch.isfinite(r)).all())
     elif c.api == "ddn_search":
         assert isinstance(out, DDNResult)
         check_points(out.x_adv, x, bounds, c, None, "l2")

@@ -1,0 +1,106 @@
+"""The augmented-Lagrangian L2 attack (attacks/alma.py) and the L2 margin estimate that uses it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import linear_problem, make_data, make_model
+
+from maxmargin.attacks import alma, alma_search
+from maxmargin.margin import estimate_margin
+from maxmargin.norms import get_norm
+
+WIDE = (-100.0, 100.0)
+L2 = get_norm("l2")
+
+
+def _grads_and_mode(model):
+    for i, p in enumerate(model.parameters()):
+        p.grad = torch.full_like(p, float(i))
+    return [m.training for m in model.modules()], [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_alma_alone_is_never_below_the_exact_l2_margin_and_within_2_percent_on_most(seed):
+    # binary: one boundary, so a local search has one answer; lr 0.01 suits margins of 0.01-0.8
+    lin, x, y, exact = linear_problem("l2", classes=2, seed=seed)
+    r = alma_search(lin, x, y, steps=300, bounds=WIDE, lr=0.01)
+    assert bool(r.found.all())
+    ratio = r.norm / exact
+    assert float(ratio.min()) >= 1 - 1e-4 and float((ratio <= 1.02).float().mean()) >= 0.95
+    assert float(ratio.max()) <= 1.05
+    with torch.no_grad():
+        assert bool((lin(r.x_adv).argmax(1) != y).all())
+    assert torch.allclose(L2.measure(r.x_adv - x), r.norm)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_l2_estimate_with_the_alma_stage_is_exact_on_linear_models(seed):
+    lin, x, y, exact = linear_problem("l2", classes=10, seed=seed)
+    m, pts = estimate_margin(lin, x, y, norm="l2", eps_max=10.0, bounds=WIDE, steps=20, alma_steps=200,
+                             return_points=True)
+    ratio = m / exact
+    assert float(ratio.min()) >= 1 - 1e-4 and float(ratio.max()) <= 1.02
+    with torch.no_grad():
+        assert bool((lin(pts).argmax(1) != y).all())
+    assert torch.allclose(L2.measure(pts - x), m, atol=1e-5)
+
+
+def test_points_are_misclassified_inside_the_box_and_the_invariants_hold():
+    model = make_model("conv", (1, 28, 28)).train()
+    x, y = make_data(6, (1, 28, 28))
+    x0 = x.clone()
+    modes, grads = _grads_and_mode(model)
+    buffers = [b.clone() for b in model.buffers()]
+    r = alma_search(model, x, y, steps=60)
+    m, pts = estimate_margin(model, x, y, norm="l2", eps_max=8.0, steps=5, search_steps=5, alma_steps=30,
+                             return_points=True)
+    assert torch.equal(x, x0)
+    assert [mm.training for mm in model.modules()] == modes
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert all(torch.equal(b, b0) for b, b0 in zip(model.buffers(), buffers))
+    for pt, found in ((r.x_adv, r.found), (pts, (m > 0) & (m < 8.0))):
+        assert float(pt.min()) >= 0 and float(pt.max()) <= 1
+        with torch.no_grad():
+            logits = model.eval()(pt[found])
+        model.train()
+        assert bool((logits.argmax(1) != y[found]).all())
+    assert bool(r.found.any()) and torch.allclose(L2.measure(r.x_adv - x)[r.found], r.norm[r.found])
+
+
+def test_one_example_alone_equals_the_same_example_in_a_batch():
+    model = make_model("mlp", (1, 28, 28)).double().eval()
+    x, y = make_data(4, (1, 28, 28))
+    x = x.double()
+    batched = alma(model, x, y, steps=40)
+    alone = alma(model, x[2:3], y[2:3], steps=40)
+    assert torch.allclose(alone[0], batched[2], atol=1e-9)
+    m_b = estimate_margin(model, x, y, norm="l2", eps_max=8.0, steps=5, search_steps=5, alma_steps=20)
+    m_a = estimate_margin(model, x[2:3], y[2:3], norm="l2", eps_max=8.0, steps=5, search_steps=5, alma_steps=20)
+    assert torch.allclose(m_a[0], m_b[2], atol=1e-9)
+
+
+def test_misclassified_examples_get_norm_0_and_x_itself():
+    model = make_model("mlp", (1, 28, 28)).eval()
+    x, _ = make_data(5, (1, 28, 28))
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10
+    r = alma_search(model, x, wrong, steps=5)
+    assert bool((r.norm == 0).all()) and bool(r.found.all()) and torch.equal(r.x_adv, x)
+
+
+def test_the_alma_stage_never_loosens_the_l2_estimate_and_linf_ignores_it():
+    model = make_model("mlp", (1, 28, 28)).double().eval()
+    x, y = make_data(6, (1, 28, 28))
+    x = x.double()
+    kw = dict(eps_max=8.0, steps=8, search_steps=8, targets=2)
+    alone = alma_search(model, x, y, steps=40).norm
+    with_stage = estimate_margin(model, x, y, norm="l2", alma_steps=40, **kw)
+    # the estimate is the min over every stage's verified points, the ALMA stage's included
+    assert bool((with_stage <= alone.clamp(max=8.0) + 1e-9).all())
+    linf = estimate_margin(model, x, y, norm="linf", eps_max=0.5, steps=8, search_steps=8)
+    assert torch.equal(linf, estimate_margin(model, x, y, norm="linf", eps_max=0.5, steps=8, search_steps=8,
+                                             alma_steps=0))
+    with pytest.raises(ValueError, match="alma_steps"):
+        estimate_margin(model, x, y, norm="linf", alma_steps=10)
+    with pytest.raises(ValueError, match="alma_steps"):
+        estimate_margin(model, x, y, norm="l2", alma_steps=-1)
