@@ -213,7 +213,7 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
     views: dict[int, Region] = {0: region}
     for i, node in enumerate(nodes):
         op = node.op
-        seen = _input_view(views, node) if node.inputs else None
+        seen = _input_view(views, node)
         if not node.inputs:
             box = op.interval([region.box()])
         elif seen is not None:
