@@ -1,6 +1,6 @@
 """Margin lower bounds of maxmargin's bound methods against auto_LiRPA's, on one run's test digits (benchmark only).
 
-    python benchmarks/lirpa_crosscheck.py RUN N EPS [--norm linf|l2] [--methods ibp,crown-ibp,crown,alpha-crown]
+    python benchmarks/lirpa_crosscheck.py RUN N EPS [--norm linf|l2] [--methods ibp,crown-ibp,...] [--batch 50]
 
 auto_LiRPA is not a dependency. It ran here from its newest public source (the
 "May 2026 release", commit a050a3d) on torch 2.13 CPU without patches, put on
@@ -40,6 +40,9 @@ def main() -> None:
     p.add_argument("eps", type=float)
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--methods", default=",".join(PAIRS))
+    p.add_argument("--batch", type=int, default=50,
+                   help="digits per call, both libraries alike (auto_LiRPA's CROWN on 189 SmallCNN digits at once "
+                        "was killed at 24 GB)")
     args = p.parse_args()
     torch.manual_seed(0)
     model, cfg, _ = load_model(args.run)
@@ -59,20 +62,23 @@ def main() -> None:
     spec.scatter_(2, others[:, :, None], -1.0)
     bounded = BoundedModule(model, torch.zeros(1, *x.shape[1:]),
                             bound_opts={"optimize_bound_args": {"iteration": 20, "lr_alpha": 0.1}})
-    if args.norm == "linf":
-        ball = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
-    else:
-        ball = PerturbationLpNorm(norm=2.0, eps=eps)
+    def ball(k: slice) -> PerturbationLpNorm:
+        if args.norm == "linf":
+            return PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x[k] - eps).clamp(0, 1),
+                                      x_U=(x[k] + eps).clamp(0, 1))
+        return PerturbationLpNorm(norm=2.0, eps=eps)
     for ours in args.methods.split(","):
         theirs = PAIRS[ours]
+        parts = [slice(k, k + args.batch) for k in range(0, b, args.batch)]
         t = time.perf_counter()
         with torch.no_grad():
-            a = margin_lower_bounds(nodes, region, y, ours)
+            a = torch.cat([margin_lower_bounds(nodes, Region(x[k], region.r[k], region.norm, 0.0, 1.0), y[k], ours)
+                           for k in parts])
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
-        lower, _ = bounded.compute_bounds(x=(BoundedTensor(x, ball),), C=spec, method=theirs, bound_upper=False)
+        lower = torch.cat([bounded.compute_bounds(x=(BoundedTensor(x[k], ball(k)),), C=spec[k], method=theirs,
+                                                  bound_upper=False)[0].detach() for k in parts])
         t_theirs = time.perf_counter() - t
-        lower = lower.detach()
         close = (a >= lower - 1e-5 - 0.01 * lower.abs()).all(1).float().mean()
         print(f"{ours:11s} {args.norm} n={b} eps={eps}: ours mean {float(a.min(1).values.mean()):.4f} vs auto_LiRPA "
               f"{float(lower.min(1).values.mean()):.4f}; max |diff| {float((a - lower).abs().max()):.2e}; "

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.nn import grad as conv_grad
 
 from ..norms import bcast
-from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
+from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, WindowStep, bound_op
+from .windows import At, clip, crop
 
 if TYPE_CHECKING:
     from .propagate import Region
@@ -34,8 +35,11 @@ class Affine(BoundOp):
     """
 
     linear: ClassVar[bool] = True
+    # each output reads only the input at its own position (BatchNorm, a shift, a scale): W is diagonal
+    diagonal: ClassVar[bool] = False
     matrix: Tensor | None = None
     _bias: Tensor | None = None
+    _diag: Tensor | None = None
 
     @abstractmethod
     def fn(self, z: Tensor) -> Tensor:
@@ -59,6 +63,19 @@ class Affine(BoundOp):
         lo, hi = ins[0]
         mid, rad = self.fn((lo + hi) / 2), self.abs_fn((hi - lo) / 2)
         return mid - rad, mid + rad
+
+    def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                        at: At) -> WindowStep | None:
+        """A diagonal map scales the window by the same window of its diagonal."""
+        if not self.diagonal:
+            return None
+        bias = self.bias(in_shapes[0], a)
+        if self._diag is None or self._diag.dtype != a.dtype:
+            self._diag = self.fn(torch.ones_like(bias)) - bias
+        if tuple(self._diag.shape[1:]) != tuple(in_shapes[0]):     # a constant that broadcasts to a larger shape
+            return None
+        size = (a.shape[-2], a.shape[-1])
+        return [a * crop(self._diag, at, size)], [at], (a * crop(bias, at, size)).flatten(2).sum(2)
 
     def back(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``Aᵀ``-products: the coefficients on the input and the constant, for ``a`` of shape ``[N, *out]``."""
@@ -126,6 +143,10 @@ class Linear(Affine):
 _CONV_OPTIONS = ("stride", "padding", "dilation", "groups")
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 @bound_op(nn.Conv1d, nn.Conv2d, F.conv1d, F.conv2d)
 class Conv(Affine):
     """Convolution with zero padding: ``nn.Conv1d``/``nn.Conv2d`` or ``F.conv1d``/``F.conv2d`` with constant weights."""
@@ -161,6 +182,24 @@ class Conv(Affine):
                           o["dilation"], o["groups"])
         return coef, (a * self.bias(in_shape, a)).flatten(1).sum(1)
 
+    def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                        at: At) -> WindowStep | None:
+        """The transposed convolution of the window alone: its input window is the receptive field, cut to the map."""
+        if self.options is None or self.w.dim() != 4:
+            return None
+        o = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **self.options}
+        stride, pad, dil = _pair(o["stride"]), _pair(o["padding"]), _pair(o["dilation"])
+        b, s = a.shape[:2]
+        h, w = a.shape[-2:]
+        k = self.w.shape[-2:]
+        # the input rows/columns that outputs [0, h) × [0, w) of the window read, padding included
+        ext = ((h - 1) * stride[0] + dil[0] * (k[0] - 1) + 1, (w - 1) * stride[1] + dil[1] * (k[1] - 1) + 1)
+        coef = conv_grad.conv2d_input((b * s, in_shapes[0][0], *ext), self.w.to(a.dtype),
+                                      a.reshape(b * s, *a.shape[2:]), stride, 0, dil, o["groups"])
+        coef, where = clip(coef, at[0] * stride[0] - pad[0], at[1] * stride[1] - pad[1], in_shapes[0])
+        const = None if self.b is None else (a.sum((-2, -1)) * self.b.to(a.dtype)).sum(-1)
+        return [coef.reshape(b, s, *coef.shape[1:])], [where], const
+
     def fn(self, z: Tensor) -> Tensor:
         return self.conv(z, self.w, self.b)
 
@@ -174,6 +213,8 @@ class Conv(Affine):
 @bound_op(nn.modules.batchnorm._BatchNorm)
 class BatchNorm(Affine):
     """BatchNorm in eval mode: a per-channel scale and shift from the running statistics."""
+
+    diagonal: ClassVar[bool] = True
 
     def __init__(self, scale: Tensor, shift: Tensor) -> None:
         self.s, self.t = scale, shift

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from .affine import Affine
-from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
+from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, WindowStep, bound_op
+from .windows import At
 
 _SUBTRACT = {operator.sub, torch.sub, "sub"}
 
@@ -62,9 +63,15 @@ class Add(BoundOp):
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
         return [a, a if self.sign > 0 else -a], None
 
+    def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                        at: At) -> WindowStep:
+        return [a, a if self.sign > 0 else -a], [at, at], None
+
 
 class Shift(Affine):
     """``z + sign · c`` for a constant ``c``."""
+
+    diagonal: ClassVar[bool] = True
 
     def __init__(self, c: Tensor | float, sign: float = 1.0) -> None:
         self.c, self.sign = torch.as_tensor(c), sign
@@ -81,6 +88,8 @@ class Shift(Affine):
 @bound_op(operator.mul, torch.mul, "mul", operator.truediv, torch.div, torch.true_divide, "div", "true_divide")
 class Scale(Affine):
     """``z · c``, ``c · z`` or ``z / c`` for a constant ``c`` (a number or a broadcastable tensor)."""
+
+    diagonal: ClassVar[bool] = True
 
     def __init__(self, c: Tensor | float, divide: bool = False) -> None:
         c = torch.as_tensor(c)

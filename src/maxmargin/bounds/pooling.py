@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .affine import Affine
-from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, bound_op
+from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, WindowStep, bound_op
+from .windows import At
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -64,18 +65,26 @@ class MaxPool(BoundOp):
         lo, hi = ins[0]
         return self._pool(lo), self._pool(hi)
 
-    def _windows(self, v: Tensor) -> Tensor:
-        """``[B, C, k, L]``: every window's entries, padding as −inf (never the max)."""
+    def _windows(self, v: Tensor, at: At | None = None, size: tuple[int, int] | None = None) -> Tensor:
+        """``[B, C, k, L]``: every window's entries, padding as −inf (never the max).
+
+        ``at``, ``size``: only the windows of the outputs in that window of the output map.
+        """
         ph, pw = self.padding
         v = F.pad(v, (pw, pw, ph, ph), value=float("-inf"))
+        if at is not None and size is not None:
+            # output o reads padded rows o·s + j·d, j < k
+            (sh, sw), (dh, dw), (kh, kw) = self.stride, self.dilation, self.kernel
+            v = v[..., at[0] * sh:(at[0] + size[0] - 1) * sh + dh * (kh - 1) + 1,
+                  at[1] * sw:(at[1] + size[1] - 1) * sw + dw * (kw - 1) + 1]
         cols = F.unfold(v, self.kernel, dilation=self.dilation, stride=self.stride)
         return cols.reshape(v.shape[0], v.shape[1], -1, cols.shape[-1])
 
-    def _positions(self, like: Tensor) -> Tensor:
+    def _positions(self, like: Tensor, at: At | None = None, size: tuple[int, int] | None = None) -> Tensor:
         """``[1, C, k, L]``: every window entry's flat input position, ``-1`` for padding."""
         h, w = like.shape[-2:]
         flat = torch.arange(h * w, dtype=torch.float64, device=like.device)
-        pos = self._windows(flat.reshape(1, 1, h, w).expand(1, like.shape[1], -1, -1).contiguous())
+        pos = self._windows(flat.reshape(1, 1, h, w).expand(1, like.shape[1], -1, -1).contiguous(), at, size)
         return torch.where(pos.isinf(), -1, pos).long()
 
     @staticmethod
@@ -98,33 +107,58 @@ class MaxPool(BoundOp):
         need = self._to_input(can.to(lo.dtype), self._positions(lo), lo) > 0
         return need, need
 
-    def back(self, a: Tensor, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """``a``: ``[B, S, C, Ho, Wo]``; ``lo``/``hi``: ``[B, C, H, W]``.
+    def _relax(self, lo: Tensor, hi: Tensor, at: At | None = None,
+               size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per output ``[B, C, Ho, Wo]`` (or the window ``size`` at ``at``): the flat input position its
+        relaxation follows, whether it is settled, its cap.
 
         Lower relaxation: ``max ≥ z_m`` with ``m`` the entry of the largest lower
         bound. Upper: ``max = z_m`` when ``lo_m`` beats every other entry's upper
-        bound, else the constant ``max hi``.
+        bound (settled), else the constant cap ``max hi``.
         """
-        wl, wh = self._windows(lo), self._windows(hi)                 # [B, C, k, L]
+        wl, wh = self._windows(lo, at, size), self._windows(hi, at, size)     # [B, C, k, L]
         m = wl.argmax(dim=2, keepdim=True)
-        onehot = torch.zeros_like(wl).scatter_(2, m, 1.0)
-        others = wh.masked_fill(onehot.bool(), float("-inf")).amax(dim=2)
+        others = wh.scatter(2, m, float("-inf")).amax(dim=2)
         decided = wl.gather(2, m).squeeze(2) >= others                # [B, C, L]
-        top = wh.amax(dim=2)
-        a = a.flatten(3)                                              # [B, S, C, L]
+        index = self._positions(lo, at, size).expand(lo.shape[0], -1, -1, -1).gather(2, m).squeeze(2)
+        out = self._pool(lo[:1]).shape[-2:] if size is None else size
+        return (index.reshape(*index.shape[:2], *out), decided.reshape(*index.shape[:2], *out),
+                wh.amax(dim=2).reshape(*index.shape[:2], *out))
+
+    @staticmethod
+    def _follow(a: Tensor, index: Tensor, decided: Tensor, top: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        """``a`` (``[B, S, C, Ho, Wo]``) through the relaxation into ``size`` input positions by ``index``."""
         neg = a.clamp_max(0)
         on_m = torch.where(decided[:, None], a, a.clamp_min(0))
         const = (torch.where(decided[:, None], torch.zeros_like(neg), neg) * top[:, None]).flatten(2).sum(2)
-        # each window's coefficient goes to its argmax entry: a scatter-add into the input (windows may overlap)
-        index = self._positions(lo).expand(a.shape[0], -1, -1, -1).gather(2, m).squeeze(2)   # [B, C, L]
-        coef = torch.zeros(*a.shape[:3], in_shape[-2] * in_shape[-1], dtype=a.dtype, device=a.device)
-        coef = coef.scatter_add(3, index[:, None].expand_as(on_m), on_m)
+        # each window's coefficient goes to its followed entry: a scatter-add into the input (windows may overlap)
+        coef = torch.zeros(*a.shape[:3], size, dtype=a.dtype, device=a.device)
+        coef = coef.scatter_add(3, index[:, None].flatten(3).expand(*a.shape[:3], -1), on_m.flatten(3))
+        return coef, const
+
+    def back(self, a: Tensor, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """``a``: ``[B, S, C, Ho, Wo]``; ``lo``/``hi``: ``[B, C, H, W]``; see :meth:`_relax`."""
+        index, decided, top = self._relax(lo, hi)
+        coef, const = self._follow(a, index, decided, top, in_shape[-2] * in_shape[-1])
         return coef.reshape(*a.shape[:2], *in_shape), const
 
     def backward(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]]) -> BackwardStep:
         lo, hi = ins[0]
         coef, const = self.back(a, lo, hi, in_shapes[0])
         return [coef], const
+
+    def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                        at: At) -> WindowStep:
+        """The window's outputs follow entries inside their own windows: the input window they span."""
+        index, decided, top = self._relax(*ins[0], at, (a.shape[-2], a.shape[-1]))
+        (sh, sw), (ph, pw), (dh, dw), (kh, kw) = self.stride, self.padding, self.dilation, self.kernel
+        height, width = in_shapes[0][-2:]
+        t0, l0 = max(0, at[0] * sh - ph), max(0, at[1] * sw - pw)
+        t1 = min(height, (at[0] + a.shape[-2] - 1) * sh - ph + dh * (kh - 1) + 1)
+        l1 = min(width, (at[1] + a.shape[-1] - 1) * sw - pw + dw * (kw - 1) + 1)
+        local = (index // width - t0) * (l1 - l0) + (index % width - l0)
+        coef, const = self._follow(a, local, decided, top, (t1 - t0) * (l1 - l0))
+        return [coef.reshape(*a.shape[:3], t1 - t0, l1 - l0)], [(t0, l0)], const
 
 
 class _Average(Affine):

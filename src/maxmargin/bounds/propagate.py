@@ -15,10 +15,12 @@ The methods, loosest and cheapest first (:data:`METHODS`):
   from a backward pass too, but only the bounds that some relaxation reads
   (:meth:`BoundOp.needs_bounds`: ReLU's unstable neurons; behind a ReLU, the
   entries max pooling can take), in chunks of rows that bound the memory
-  (:data:`CHUNK_ENTRIES`);
-* ``"alpha-crown"``: full CROWN's intermediate bounds, then the lower ReLU
-  slopes of the margins' backward pass optimized by projected Adam
-  (:data:`ALPHA_STEPS` steps), one set per example and margin.
+  (:data:`CHUNK_ENTRIES`), a convolutional layer's rows as spatial windows
+  (:mod:`.windows`, :data:`TILE`);
+* ``"alpha-crown"``: full CROWN with the lower ReLU slopes optimized by
+  projected Adam (:data:`ALPHA_STEPS` steps): layer by layer, every
+  intermediate row its own slopes for its own bound, then the margins'
+  pass, one set per example and margin.
 
 Every bound is intersected with the interval one, so each method is never
 looser than IBP. CROWN's margin bound is not monotone in the intermediate
@@ -29,16 +31,19 @@ per example and margin, α-CROWN ≥ CROWN ≥ CROWN-IBP ≥ IBP by construction
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import torch
 from torch import Tensor
 
 from ..norms import Norm, bcast
+from . import windows
 from .graph import Node
 from .registry import Interval, TunableOp
+from .windows import At
 
 # CROWN bounds for an intermediate layer cost (2 × its width) backward passes
 # through everything beneath it. Above this many multiply-adds per example and
@@ -54,6 +59,10 @@ METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 # under this many entries (64 MB in float32); a pass holds a few such tensors at once (ReLU's and
 # max pooling's backward steps make 4-8), so LeNet5 stays well under 1 GB per chunk.
 CHUNK_ENTRIES = 2 ** 24
+
+# Full CROWN sends a C × H × W node's rows one TILE × TILE block of positions at a time, as windows of
+# every map below (:mod:`.windows`); 0 sends them dense over the whole maps (the same bounds, slower).
+TILE = 2
 
 # α-CROWN: projected Adam on the lower ReLU slopes; auto_LiRPA's defaults are 20 steps at 0.1 too.
 ALPHA_STEPS = 20
@@ -75,13 +84,19 @@ class Region:
         r = bcast(self.r, self.x0)
         return (self.x0 - r).clamp(self.lo, self.hi), (self.x0 + r).clamp(self.lo, self.hi)
 
-    def lower(self, a: Tensor) -> Tensor:
-        """``min a·x`` over the region for ``a`` of shape ``[B, S, *x]``: max of the ball's and the box's bound."""
+    def lower(self, a: Tensor, at: At | None = None) -> Tensor:
+        """``min a·x`` over the region for ``a`` of shape ``[B, S, *x]``: max of the ball's and the box's bound.
+
+        ``at``: ``a`` is a window of ``x`` at this offset (zero outside, which adds nothing to either norm).
+        """
         b, s = a.shape[:2]
+        x0 = self.x0 if at is None else windows.crop(self.x0, at, (a.shape[-2], a.shape[-1]))
         flat = a.reshape(b, s, -1)
-        center = (flat * self.x0.reshape(b, 1, -1)).sum(2)
+        center = (flat * x0.reshape(b, 1, -1)).sum(2)
         ball = center - self.r[:, None] * self.norm.dual(flat.reshape(b * s, -1)).reshape(b, s)
-        return torch.maximum(ball, interval_lower(a, self.box()))
+        r = bcast(self.r, x0)
+        box = (x0 - r).clamp(self.lo, self.hi), (x0 + r).clamp(self.lo, self.hi)
+        return torch.maximum(ball, interval_lower(a, box))
 
 
 def interval_lower(a: Tensor, box: Interval) -> Tensor:
@@ -93,43 +108,71 @@ def interval_lower(a: Tensor, box: Interval) -> Tensor:
 
 
 def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interval | None], region: Region,
-              relax: bool, params: dict[int, Tensor] | None = None) -> Tensor:
+              relax: bool, params: dict[int, Tensor] | None = None, at: At | None = None) -> Tensor:
     """Lower bound of ``a · node[start]`` (``a``: ``[B, S, *shape]``) as ``[B, S]``.
 
     Walks the graph backwards through linear ops (affine maps, sums); with
     ``relax`` through every op's relaxation too. Wherever it stops (an op
     without linear bounds, or a relaxed op when ``relax`` is off), the
     coefficients are concretized against that node's interval bounds.
-    ``params``: free relaxation parameters of tunable nodes (α-CROWN), by node.
+    ``params``: free relaxation parameters of tunable nodes (α-CROWN), by
+    node; a tunable node missing from it gets its op's initial parameters
+    (CROWN's relaxation), added to ``params`` as a leaf to optimize.
+    ``at``: ``a`` is a window of the node's map at this offset (:mod:`.windows`),
+    and stays one through every op that has a window form.
     """
     b, s = a.shape[:2]
-    pending: dict[int, Tensor] = {start: a}
+    pending: dict[int, tuple[Tensor, At | None]] = {start: (a, at)}
     total = torch.zeros(b, s, dtype=a.dtype, device=a.device)
     for i in range(start, -1, -1):
         if i not in pending:
             continue
-        a = pending.pop(i)
+        a, at = pending.pop(i)
         node = nodes[i]
+        size = (a.shape[-2], a.shape[-1])
         if not node.inputs:                          # the model input: the region itself
-            total = total + region.lower(a)
+            total = total + region.lower(a, at)
             continue
-        step = None
+        step, ats = None, None
+        tuned = relax and params is not None and node.op.tunable
         if relax or node.op.linear:
             ins = [bounds[j] for j in node.inputs]
             shapes = [nodes[j].shape for j in node.inputs]
-            if params is not None and i in params:
-                step = cast(TunableOp, node.op).backward_tuned(a, ins, shapes, params[i])  # type: ignore[arg-type]
-            else:
+            if at is not None and tuned and node.op.pointwise:
+                ins = [windows.crop_interval(t, at, size) for t in ins]  # type: ignore[arg-type]
+                shapes = [tuple(a.shape[2:])]
+                ats = [at]
+            elif at is not None:
+                window = None if tuned else node.op.backward_window(a, ins, shapes, at)  # type: ignore[arg-type]
+                if window is None:
+                    a, at = windows.dense(a, at, node.shape), None
+                else:
+                    step, ats = (window[0], window[2]), window[1]
+            if tuned:
+                op = cast(TunableOp, node.op)
+                if i not in params:  # type: ignore[operator]
+                    params[i] = op.initial_params(a, ins).detach().requires_grad_()  # type: ignore[arg-type,index]
+                step = op.backward_tuned(a, ins, shapes, params[i])  # type: ignore[arg-type,index]
+            elif at is None:
                 step = node.op.backward(a, ins, shapes)  # type: ignore[arg-type]
         if step is None:
-            total = total + interval_lower(a, bounds[i])  # type: ignore[arg-type]
+            box = bounds[i] if at is None else windows.crop_interval(bounds[i], at, size)  # type: ignore[arg-type]
+            total = total + interval_lower(a, box)  # type: ignore[arg-type]
             continue
         coefs, const = step
-        for j, coef in zip(node.inputs, coefs):
-            pending[j] = pending[j] + coef if j in pending else coef
+        for k, (j, coef) in enumerate(zip(node.inputs, coefs)):
+            where = None if ats is None else ats[k]
+            pending[j] = (windows.merge(*pending[j], coef, where, nodes[j].shape) if j in pending
+                          else (coef, where))
         if const is not None:
             total = total + const
     return total
+
+
+def _tuned_rows(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interval | None], region: Region,
+                at: At | None, params: dict[int, Tensor]) -> Tensor:
+    """:func:`_backward` with the slopes ``params``, as :func:`_maximize` calls it."""
+    return _backward(nodes, start, a, bounds, region, relax=True, params=params, at=at)
 
 
 def _cone(nodes: list[Node], k: int) -> set[int]:
@@ -203,7 +246,8 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
 
     ``prior``: bounds known to hold over this region (e.g. computed over a
     larger ball; ``±inf`` where unknown), intersected with every node's.
-    ``"crown"`` here is the same as ``"alpha-crown"`` (α only tunes the margins).
+    ``"alpha-crown"`` tunes every intermediate row's slopes too, layer by
+    layer: each row maximizes its own bound with the layers beneath fixed.
     """
     _check_method(method)
     bounds: list[Interval | None] = [None] * len(nodes)
@@ -230,7 +274,8 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
         if full:
             # an activation's output: its interval is exact given its input's, no row can beat it
             if not op.pointwise:
-                bounds[i] = _crown_rows(nodes, i, *_needs(nodes, i, box, consumers), bounds, region)
+                bounds[i] = _crown_rows(nodes, i, *_needs(nodes, i, box, consumers), bounds, region,
+                                        tune=method == "alpha-crown")
         elif _cone_cost(nodes, i) <= CROWN_INTERMEDIATE_BUDGET:
             lo, hi = box
             b, n = lo.shape[0], node.numel
@@ -244,8 +289,30 @@ def layer_bounds(nodes: list[Node], region: Region, method: str,
 
 
 def _crown_rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, bounds: list[Interval | None],
-                region: Region) -> Interval:
-    """Node ``i``'s bounds tightened by CROWN where ``need_lo`` / ``need_hi`` (``[B, *shape]``) say, in chunks of rows.
+                region: Region, tune: bool = False) -> Interval:
+    """Node ``i``'s bounds tightened by CROWN where ``need_lo`` / ``need_hi`` (``[B, *shape]``) say.
+
+    A ``C × H × W`` node is done one tile of :data:`TILE` × :data:`TILE`
+    positions at a time, its rows sent as windows (:mod:`.windows`); any
+    other node in one piece, its rows dense. ``tune``: α-CROWN, every row
+    with its own slopes (:func:`_maximize`).
+    """
+    lo, hi = bounds[i]  # type: ignore[misc]
+    shape = nodes[i].shape
+    if not windows.spatial(shape) or TILE <= 0:
+        return _rows(nodes, i, need_lo, need_hi, lo, hi, bounds, region, None, tune)
+    lo, hi = lo.clone(), hi.clone()
+    for at, size in windows.tiles(shape[-2], shape[-1], TILE):
+        nl, nh, cl, ch = (windows.crop(t, at, size) for t in (need_lo, need_hi, lo, hi))
+        new_lo, new_hi = _rows(nodes, i, nl, nh, cl, ch, bounds, region, at, tune)
+        windows.crop(lo, at, size).copy_(new_lo)
+        windows.crop(hi, at, size).copy_(new_hi)
+    return lo, hi
+
+
+def _rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, lo: Tensor, hi: Tensor,
+          bounds: list[Interval | None], region: Region, at: At | None, tune: bool) -> Interval:
+    """``lo``, ``hi`` (node ``i``'s, or their window at ``at``) tightened where ``need_*`` say, in chunks of rows.
 
     Each example lists its own needed bounds (row ``q < n`` bounds entry
     ``q`` from below, row ``n + q`` from above); chunk ``c`` takes the
@@ -253,8 +320,7 @@ def _crown_rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, bou
     that long (so an example needing few rows costs few). A chunk holds as
     many rows as :data:`CHUNK_ENTRIES` allows against the widest node below ``i``.
     """
-    lo, hi = bounds[i]  # type: ignore[misc]
-    b, n = lo.shape[0], nodes[i].numel
+    b, n = lo.shape[0], lo[0].numel()
     need = torch.cat([need_lo.reshape(b, n), need_hi.reshape(b, n)], 1)
     count = need.sum(1)
     k = int(count.max()) if b else 0
@@ -275,8 +341,12 @@ def _crown_rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, bou
         rows = torch.zeros(len(ex), c, n, dtype=lo.dtype, device=lo.device).scatter_(2, (sel % n)[:, :, None],
                                                                                      sign[:, :, None])
         sub = Region(region.x0[ex], region.r[ex], region.norm, region.lo, region.hi)
-        low = _backward(nodes, i, rows.reshape(len(ex), c, *nodes[i].shape),
-                        [None if t is None else (t[0][ex], t[1][ex]) for t in bounds], sub, relax=True)
+        start = rows.reshape(len(ex), c, *lo.shape[1:])
+        below = [None if t is None else (t[0][ex], t[1][ex]) for t in bounds]
+        if tune:
+            low = _maximize(partial(_tuned_rows, nodes, i, start, below, sub, at), {}, nodes, None)
+        else:
+            low = _backward(nodes, i, start, below, sub, relax=True, at=at)
         flat = flat.index_copy(0, ex, flat[ex].scatter_reduce(1, sel, torch.where(keep, low, -torch.inf), "amax"))
         s += c
     return flat[:, :n].reshape(lo.shape), (-flat[:, n:]).reshape(hi.shape)
@@ -352,16 +422,36 @@ def margin_lower_bounds(nodes: list[Node], region: Region, y: Tensor, method: st
     """
     _check_method(method)
     prior = None if reuse is None else reuse.prior(region.r)
-    low, bounds = _margins(nodes, region, y, method, prior)
-    if reuse is not None:
-        reuse.record(region.r, bounds)
+    low, bounds = _margins(nodes, region, y, "crown" if method == "alpha-crown" else method, prior)
     if method in ("crown", "alpha-crown"):
         # CROWN's bound is not monotone in the intermediate bounds (tighter ones change which relaxation
         # each neuron gets downstream, and it can lose a few percent), so CROWN-IBP's is a candidate too
         low = torch.maximum(low, _margins(nodes, region, y, "crown-ibp", prior)[0])
     if method == "alpha-crown":
-        low = _tune_slopes(nodes, _spec(nodes, y, region.x0), bounds, region, low, reuse)
+        low, bounds = _alpha_crown(nodes, region, y, low, bounds, reuse)
+    if reuse is not None:
+        reuse.record(region.r, bounds)
     return low
+
+
+def _alpha_crown(nodes: list[Node], region: Region, y: Tensor, low: Tensor, bounds: list[Interval],
+                 reuse: Reuse | None) -> tuple[Tensor, list[Interval]]:
+    """α-CROWN on the examples CROWN left unproven (some margin bound ≤ 0), starting from CROWN's ``low``, ``bounds``.
+
+    Their intermediate slopes are tuned layer by layer over CROWN's bounds
+    (so no layer bound is looser than CROWN's), then the margins' slopes;
+    each margin keeps the best of CROWN's bound and every step's. Returns
+    the margins' bounds and the layer bounds, CROWN's where nothing was tuned.
+    """
+    rows = (low.amin(1) <= 0).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return low, bounds
+    sub = Region(region.x0[rows], region.r[rows], region.norm, region.lo, region.hi)
+    tuned_low, tuned = _margins(nodes, sub, y[rows], "alpha-crown", [(lo[rows], hi[rows]) for lo, hi in bounds])
+    best = _tune_slopes(nodes, _spec(nodes, y[rows], sub.x0), tuned, sub, torch.maximum(low[rows], tuned_low),
+                        reuse, rows, low.shape[0])
+    merged = [(lo.index_copy(0, rows, tlo), hi.index_copy(0, rows, thi)) for (lo, hi), (tlo, thi) in zip(bounds, tuned)]
+    return low.index_copy(0, rows, best), merged
 
 
 def _margins(nodes: list[Node], region: Region, y: Tensor, method: str,
@@ -377,52 +467,60 @@ def _margins(nodes: list[Node], region: Region, y: Tensor, method: str,
     return low, bounds
 
 
-def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region: Region, low: Tensor,
-                 reuse: Reuse | None) -> Tensor:
-    """α-CROWN: the margins' bound maximized over the tunable ops' parameters, per example and margin.
+def _maximize(bound: Callable[[dict[int, Tensor]], Tensor], params: dict[int, Tensor], nodes: list[Node],
+              best: Tensor | None) -> Tensor:
+    """α-CROWN's projected Adam on the slopes ``params`` of ``bound(params)``: per row, the best of every step.
 
-    Only examples not yet proven (some margin bound ≤ 0) are tuned; each
-    margin's bound is the best of every step (all are sound) and of
-    ``low``, CROWN's. The tuned parameters start from ``reuse``'s (the last
-    evaluation's) where it has them and go back into it.
+    Every step's bound is sound (the ops keep any slope sound), so the best
+    of them is. Tunable nodes missing from ``params`` start from CROWN's
+    slopes (the first evaluation adds them); ``best``: a bound to beat.
     """
-    tunable = [i for i, n in enumerate(nodes) if n.op.tunable and n.inputs]
-    rows = (low.amin(1) <= 0).nonzero().squeeze(1)
-    if not tunable or rows.numel() == 0:
-        return low
-    b, s = spec.shape[:2]
-    sub = Region(region.x0[rows], region.r[rows], region.norm, region.lo, region.hi)
-    sub_bounds = [(lo[rows].detach(), hi[rows].detach()) for lo, hi in bounds]
-    params: dict[int, Tensor] = {}
-    for i in tunable:
-        shape = (b, s, *nodes[i].shape)
-        kept = reuse.slopes.get(i) if reuse is not None else None
-        if kept is not None and kept.shape == shape:
-            start = kept[rows]
-        else:
-            like = torch.zeros(len(rows), s, *nodes[i].shape, dtype=low.dtype, device=low.device)
-            start = cast(TunableOp, nodes[i].op).initial_params(like, [sub_bounds[j] for j in nodes[i].inputs])
-        params[i] = start.detach().clone().requires_grad_()
-    best = low[rows]
-    last = len(nodes) - 1
     with torch.enable_grad():
+        value = bound(params)
+        best = value.detach() if best is None else torch.maximum(best, value.detach())
+        if not params:
+            return best
         opt = torch.optim.Adam(list(params.values()), lr=ALPHA_LR)
-        for step in range(ALPHA_STEPS):
-            value = _backward(nodes, last, spec[rows], sub_bounds, sub, relax=True, params=params)
-            best = torch.maximum(best, value.detach())
-            if step == ALPHA_STEPS - 1:
-                break
+        for _ in range(ALPHA_STEPS - 1):
             opt.zero_grad()
             (-value.sum()).backward()
             opt.step()
             with torch.no_grad():
                 for i, p in params.items():
                     p.copy_(cast(TunableOp, nodes[i].op).project(p))
+            value = bound(params)
+            best = torch.maximum(best, value.detach())
+    return best
+
+
+def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region: Region, low: Tensor,
+                 reuse: Reuse | None, rows: Tensor, b: int) -> Tensor:
+    """α-CROWN's last pass: the margins' bound maximized over the tunable ops' slopes, per example and margin.
+
+    Every argument but ``reuse`` is of the examples ``rows`` of the batch of
+    ``b``; each margin's bound is the best of every step (all are sound) and
+    of ``low``. The slopes start from ``reuse``'s (the last evaluation's)
+    where it has them (NaN where it has none) and go back into it.
+    """
+    tunable = [i for i, n in enumerate(nodes) if n.op.tunable and n.inputs]
+    if not tunable:
+        return low
+    s = spec.shape[1]
+    params: dict[int, Tensor] = {}
+    for i in tunable:
+        like = torch.zeros(len(rows), s, *nodes[i].shape, dtype=low.dtype, device=low.device)
+        start = cast(TunableOp, nodes[i].op).initial_params(like, [bounds[j] for j in nodes[i].inputs])
+        kept = reuse.slopes.get(i) if reuse is not None else None
+        if kept is not None and kept.shape == (b, *like.shape[1:]):
+            start = torch.where(kept[rows].isnan(), start, kept[rows])
+        params[i] = start.detach().clone().requires_grad_()
+    last = len(nodes) - 1
+    best = _maximize(lambda p: _backward(nodes, last, spec, bounds, region, relax=True, params=p), params,
+                     nodes, low)
     if reuse is not None:
         for i, p in params.items():
             kept = reuse.slopes.get(i)
-            if kept is None or kept.shape[0] != b:
-                like = torch.zeros(b, s, *nodes[i].shape, dtype=low.dtype, device=low.device)
-                kept = cast(TunableOp, nodes[i].op).initial_params(like, [bounds[j] for j in nodes[i].inputs]).detach()
+            if kept is None or kept.shape != (b, *p.shape[1:]):
+                kept = torch.full((b, *p.shape[1:]), float("nan"), dtype=p.dtype, device=p.device)
             reuse.slopes[i] = kept.index_copy(0, rows, p.detach())
-    return low.index_copy(0, rows, best)
+    return best

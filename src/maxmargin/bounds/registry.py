@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .windows import At, crop_interval
+
 if TYPE_CHECKING:      # propagate imports this module
     from .propagate import Region
 
@@ -24,6 +26,9 @@ Interval = tuple[Tensor, Tensor]
 
 BackwardStep = tuple[list[Tensor], "Tensor | None"]
 """One step of a backward (linear) bound: coefficients on each input, and a constant ``[B, S]`` (None: 0)."""
+
+WindowStep = tuple[list[Tensor], list[At], "Tensor | None"]
+""":class:`BackwardStep` on windows: each input's coefficients, their windows' offsets, the constant."""
 
 
 class Unsupported(Exception):
@@ -89,6 +94,25 @@ class BoundOp(ABC):
         bound and the driver uses its output interval there.
         """
         return None
+
+    def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
+                        at: At) -> WindowStep | None:
+        """:meth:`backward` for coefficients on a spatial window of the output (see :mod:`.windows`).
+
+        ``a``: ``[B, S, C, h, w]``, zero outside the window whose corner is at
+        ``at = (top, left)`` in the output's ``H × W`` map; ``ins`` are the
+        full interval bounds. Returns each input's coefficients as a window
+        with its offset in that input's map, and the constant; ``None``: the
+        op has no window form and the driver pads ``a`` to the full map.
+        The default serves pointwise ops: the same window of the input.
+        """
+        if not self.pointwise:
+            return None
+        size = (a.shape[-2], a.shape[-1])
+        step = self.backward(a, [crop_interval(t, at, size) for t in ins], [tuple(a.shape[2:])])
+        if step is None:
+            return None
+        return step[0], [at], step[1]
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Which bounds of a relaxed op's input need to be tight: boolean masks ``(lower, upper)`` shaped like ``lo``.
