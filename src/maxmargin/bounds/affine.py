@@ -39,7 +39,6 @@ class Affine(BoundOp):
     diagonal: ClassVar[bool] = False
     matrix: Tensor | None = None
     _bias: Tensor | None = None
-    _diag: Tensor | None = None
 
     @abstractmethod
     def fn(self, z: Tensor) -> Tensor:
@@ -69,13 +68,18 @@ class Affine(BoundOp):
         """A diagonal map scales the window by the same window of its diagonal."""
         if not self.diagonal:
             return None
-        bias = self.bias(in_shapes[0], a)
-        if self._diag is None or self._diag.dtype != a.dtype:
-            self._diag = self.fn(torch.ones_like(bias)) - bias
-        if tuple(self._diag.shape[1:]) != tuple(in_shapes[0]):     # a constant that broadcasts to a larger shape
+        full = (1, *in_shapes[0])
+        scale = torch.as_tensor(self.scale(), dtype=a.dtype, device=a.device)
+        if torch.broadcast_shapes(scale.shape, full) != full:     # a constant that broadcasts to a larger shape
             return None
         size = (a.shape[-2], a.shape[-1])
-        return [a * crop(self._diag, at, size)], [at], (a * crop(bias, at, size)).flatten(2).sum(2)
+        bias = crop(self.bias(in_shapes[0], a), at, size)
+        return [a * crop(scale.expand(full), at, size)], [at], (a * bias).flatten(2).sum(2)
+
+    def scale(self) -> Tensor | float:
+        """A ``diagonal`` map's diagonal, broadcastable against the input: read off exactly, not recovered
+        as ``fn(1) − fn(0)`` (in float32 that loses the scale wherever the shift is much larger)."""
+        raise NotImplementedError(f"{type(self).__name__} is marked diagonal but gives no scale()")
 
     def back(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``Aᵀ``-products: the coefficients on the input and the constant, for ``a`` of shape ``[N, *out]``."""
@@ -233,6 +237,9 @@ class BatchNorm(Affine):
 
     def fn(self, z: Tensor) -> Tensor:
         return z * self.s + self.t
+
+    def scale(self) -> Tensor:
+        return self.s
 
     def abs_fn(self, z: Tensor) -> Tensor:
         return z * self.s.abs()

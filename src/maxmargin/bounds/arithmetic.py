@@ -79,6 +79,9 @@ class Shift(Affine):
     def fn(self, z: Tensor) -> Tensor:
         return z + self.sign * self.c.to(z)
 
+    def scale(self) -> float:
+        return 1.0
+
     def abs_fn(self, z: Tensor) -> Tensor:
         return z
 
@@ -109,6 +112,9 @@ class Scale(Affine):
 
     def fn(self, z: Tensor) -> Tensor:
         return z * self.c.to(z)
+
+    def scale(self) -> Tensor:
+        return self.c
 
     def abs_fn(self, z: Tensor) -> Tensor:
         return z * self.c.abs().to(z)

@@ -128,6 +128,8 @@ def _backward(nodes: list[Node], start: int, a: Tensor, bounds: Sequence[Interva
         if i not in pending:
             continue
         a, at = pending.pop(i)
+        if at is not None and a.numel() == 0:         # a window wholly in some convolution's padding
+            continue
         node = nodes[i]
         size = (a.shape[-2], a.shape[-1])
         if not node.inputs:                          # the model input: the region itself
@@ -342,7 +344,7 @@ def _rows(nodes: list[Node], i: int, need_lo: Tensor, need_hi: Tensor, lo: Tenso
                                                                                      sign[:, :, None])
         sub = Region(region.x0[ex], region.r[ex], region.norm, region.lo, region.hi)
         start = rows.reshape(len(ex), c, *lo.shape[1:])
-        below = [None if t is None else (t[0][ex], t[1][ex]) for t in bounds]
+        below = [None if t is None else (t[0][ex].detach(), t[1][ex].detach()) for t in bounds]
         if tune:
             low = _maximize(partial(_tuned_rows, nodes, i, start, below, sub, at), {}, nodes, None)
         else:
@@ -505,6 +507,7 @@ def _tune_slopes(nodes: list[Node], spec: Tensor, bounds: list[Interval], region
     tunable = [i for i, n in enumerate(nodes) if n.op.tunable and n.inputs]
     if not tunable:
         return low
+    bounds = [(lo.detach(), hi.detach()) for lo, hi in bounds]
     s = spec.shape[1]
     params: dict[int, Tensor] = {}
     for i in tunable:

@@ -60,12 +60,13 @@ def clip(coef: Tensor, top: int, left: int, shape: tuple[int, ...]) -> tuple[Ten
     """A window whose corner ``(top, left)`` may lie outside the map (a convolution's padding), cut to the map.
 
     What falls outside multiplies padding (zeros), so dropping it is exact.
+    A window wholly in the padding comes back empty, its corner inside the map.
     """
     hh, ww = shape[-2:]
     h, w = coef.shape[-2:]
-    r0, c0 = max(0, -top), max(0, -left)
-    r1, c1 = min(h, hh - top), min(w, ww - left)
-    return coef[..., r0:r1, c0:c1], (top + r0, left + c0)
+    r0, c0 = min(max(0, -top), h), min(max(0, -left), w)
+    r1, c1 = max(r0, min(h, hh - top)), max(c0, min(w, ww - left))
+    return coef[..., r0:r1, c0:c1], (min(max(0, top + r0), hh), min(max(0, left + c0), ww))
 
 
 def tiles(height: int, width: int, tile: int) -> list[tuple[At, tuple[int, int]]]:
