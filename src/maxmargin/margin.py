@@ -84,7 +84,8 @@ def estimate_margin(
     On adversarially trained SmallCNNs the FMN and PGD stages alone were
     8-13 % above the best adv-lib L2 attack (ALMA) in mean; with the ALMA
     stage the L2 mean is 8-11 % below it, within 2 % of the best adv-lib
-    value on 95-98 % of digits, at 1.3× ALMA's time (docs/margins.md).
+    value on 95-98 % of digits of the MMA and PGD-AT models but 74 % of the
+    TRADES one, at 1.2-1.35× ALMA's time (docs/margins.md).
 
     ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
     ``steps`` iterations started at ``eps_max / 10``.

@@ -20,7 +20,7 @@ from torch.nn import grad as conv_grad
 
 from ..norms import bcast
 from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, WindowStep, bound_op
-from .windows import At, clip, crop
+from .windows import At, clip, crop, pair
 
 if TYPE_CHECKING:
     from .propagate import Region
@@ -35,8 +35,6 @@ class Affine(BoundOp):
     """
 
     linear: ClassVar[bool] = True
-    # each output reads only the input at its own position (BatchNorm, a shift, a scale): W is diagonal
-    diagonal: ClassVar[bool] = False
     matrix: Tensor | None = None
     _bias: Tensor | None = None
 
@@ -65,21 +63,23 @@ class Affine(BoundOp):
 
     def backward_window(self, a: Tensor, ins: list[Interval], in_shapes: list[tuple[int, ...]],
                         at: At) -> WindowStep | None:
-        """A diagonal map scales the window by the same window of its diagonal."""
-        if not self.diagonal:
+        """A diagonal map (:meth:`scale`) scales the window by the same window of its diagonal."""
+        diag = self.scale()
+        if diag is None:
             return None
         full = (1, *in_shapes[0])
-        scale = torch.as_tensor(self.scale(), dtype=a.dtype, device=a.device)
+        scale = torch.as_tensor(diag, dtype=a.dtype, device=a.device)
         if torch.broadcast_shapes(scale.shape, full) != full:     # a constant that broadcasts to a larger shape
             return None
         size = (a.shape[-2], a.shape[-1])
         bias = crop(self.bias(in_shapes[0], a), at, size)
         return [a * crop(scale.expand(full), at, size)], [at], (a * bias).flatten(2).sum(2)
 
-    def scale(self) -> Tensor | float:
-        """A ``diagonal`` map's diagonal, broadcastable against the input: read off exactly, not recovered
-        as ``fn(1) − fn(0)`` (in float32 that loses the scale wherever the shift is much larger)."""
-        raise NotImplementedError(f"{type(self).__name__} is marked diagonal but gives no scale()")
+    def scale(self) -> Tensor | float | None:
+        """The diagonal, broadcastable against the input, when each output reads only the input at its own
+        position (BatchNorm, a shift, a scale); None for any other map. Read off exactly, not recovered as
+        ``fn(1) − fn(0)`` (in float32 that loses the scale wherever the shift is much larger)."""
+        return None
 
     def back(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``Aᵀ``-products: the coefficients on the input and the constant, for ``a`` of shape ``[N, *out]``."""
@@ -147,10 +147,6 @@ class Linear(Affine):
 _CONV_OPTIONS = ("stride", "padding", "dilation", "groups")
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 @bound_op(nn.Conv1d, nn.Conv2d, F.conv1d, F.conv2d)
 class Conv(Affine):
     """Convolution with zero padding: ``nn.Conv1d``/``nn.Conv2d`` or ``F.conv1d``/``F.conv2d`` with constant weights."""
@@ -192,7 +188,7 @@ class Conv(Affine):
         if self.options is None or self.w.dim() != 4:
             return None
         o = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **self.options}
-        stride, pad, dil = _pair(o["stride"]), _pair(o["padding"]), _pair(o["dilation"])
+        stride, pad, dil = pair(o["stride"]), pair(o["padding"]), pair(o["dilation"])
         b, s = a.shape[:2]
         h, w = a.shape[-2:]
         k = self.w.shape[-2:]
@@ -217,8 +213,6 @@ class Conv(Affine):
 @bound_op(nn.modules.batchnorm._BatchNorm)
 class BatchNorm(Affine):
     """BatchNorm in eval mode: a per-channel scale and shift from the running statistics."""
-
-    diagonal: ClassVar[bool] = True
 
     def __init__(self, scale: Tensor, shift: Tensor) -> None:
         self.s, self.t = scale, shift

@@ -71,8 +71,6 @@ class Add(BoundOp):
 class Shift(Affine):
     """``z + sign · c`` for a constant ``c``."""
 
-    diagonal: ClassVar[bool] = True
-
     def __init__(self, c: Tensor | float, sign: float = 1.0) -> None:
         self.c, self.sign = torch.as_tensor(c), sign
 
@@ -91,8 +89,6 @@ class Shift(Affine):
 @bound_op(operator.mul, torch.mul, "mul", operator.truediv, torch.div, torch.true_divide, "div", "true_divide")
 class Scale(Affine):
     """``z · c``, ``c · z`` or ``z / c`` for a constant ``c`` (a number or a broadcastable tensor)."""
-
-    diagonal: ClassVar[bool] = True
 
     def __init__(self, c: Tensor | float, divide: bool = False) -> None:
         c = torch.as_tensor(c)

@@ -17,11 +17,7 @@ from torch import Tensor, nn
 
 from .affine import Affine
 from .registry import BackwardStep, BoundOp, Call, Interval, Unsupported, WindowStep, bound_op
-from .windows import At
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+from .windows import At, pair
 
 
 def _bound_call(f: Callable[..., Tensor], args: list[Any], kwargs: dict[str, Any]) -> Callable[[Tensor], Tensor]:
@@ -55,8 +51,8 @@ class MaxPool(BoundOp):
         if kw["ceil_mode"] or kw["return_indices"]:
             raise Unsupported("ceil_mode or return_indices")
         k = kw["kernel_size"]
-        return cls(_pair(k), _pair(kw["stride"] or k), _pair(kw["padding"] or 0),
-                   _pair(1 if kw["dilation"] is None else kw["dilation"]))
+        return cls(pair(k), pair(kw["stride"] or k), pair(kw["padding"] or 0),
+                   pair(1 if kw["dilation"] is None else kw["dilation"]))
 
     def _pool(self, v: Tensor) -> Tensor:
         return F.max_pool2d(v, self.kernel, self.stride, self.padding, self.dilation)

@@ -90,12 +90,13 @@ class Region:
         ``at``: ``a`` is a window of ``x`` at this offset (zero outside, which adds nothing to either norm).
         """
         b, s = a.shape[:2]
-        x0 = self.x0 if at is None else windows.crop(self.x0, at, (a.shape[-2], a.shape[-1]))
+        x0, box = self.x0, self.box()
+        if at is not None:
+            size = (a.shape[-2], a.shape[-1])
+            x0, box = windows.crop(x0, at, size), windows.crop_interval(box, at, size)
         flat = a.reshape(b, s, -1)
         center = (flat * x0.reshape(b, 1, -1)).sum(2)
         ball = center - self.r[:, None] * self.norm.dual(flat.reshape(b * s, -1)).reshape(b, s)
-        r = bcast(self.r, x0)
-        box = (x0 - r).clamp(self.lo, self.hi), (x0 + r).clamp(self.lo, self.hi)
         return torch.maximum(ball, interval_lower(a, box))
 
 

@@ -22,6 +22,11 @@ At = tuple[int, int]
 """The spatial offset ``(top, left)`` of a window in its node's ``H × W`` map."""
 
 
+def pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """A 2-D layer option (kernel size, stride, padding, dilation) given as one number or two."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def spatial(shape: tuple[int, ...]) -> bool:
     """Whether a node of this shape (without the batch dimension) is a ``C × H × W`` map that windows apply to."""
     return len(shape) == 3
