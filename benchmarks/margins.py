@@ -10,7 +10,7 @@ the first ``n`` correctly classified test digits. Our ``estimate_margin``
 0.2.8's FMN, FAB (L∞, L2), DDN and ALMA (L2); every adversarial point is
 checked (misclassified, inside the box) before its norm counts. Per example,
 "within 2 %" compares ours with the best adv-lib value. In L2, "before" rows
-run ours without the augmented-Lagrangian stage (``alma_steps=0``).
+run ours without the ALMA and FAB stages (``alma_steps=0, fab_steps=0``).
 
 ``--run RUN``: the model of a trained run directory (``maxmargin train ...
 --out RUN``) and the first ``n`` test digits it classifies correctly, the
@@ -59,16 +59,16 @@ def correct_digits(model, x, y, n: int):
 
 
 def ours(norm: str) -> list[tuple[str, Callable]]:
-    """Our rows for one norm: the defaults and the evaluation's setting, and in L2 both without the ALMA stage."""
+    """Our rows for one norm: the defaults and the evaluation's setting, and in L2 both without ALMA and FAB."""
     cap = CAPS[norm]
     rows: list[tuple[str, Callable]] = [
         ("ours (defaults)", lambda m, x, y: estimate_margin(m, x, y, norm=norm, eps_max=cap)),
         ("ours (margin_search)", lambda m, x, y: margin_search(m, x, y, norm, cap))]
     if norm == "l2":
-        rows = [("ours before (defaults, alma_steps=0)",
-                 lambda m, x, y: estimate_margin(m, x, y, norm=norm, eps_max=cap, alma_steps=0)),
-                ("ours before (margin_search, alma_steps=0)",
-                 lambda m, x, y: margin_search(m, x, y, norm, cap, alma_steps=0))] + rows
+        rows = [("ours before (defaults, alma_steps=0, fab_steps=0)",
+                 lambda m, x, y: estimate_margin(m, x, y, norm=norm, eps_max=cap, alma_steps=0, fab_steps=0)),
+                ("ours before (margin_search, alma_steps=0, fab_steps=0)",
+                 lambda m, x, y: margin_search(m, x, y, norm, cap, alma_steps=0, fab_steps=0))] + rows
     return rows
 
 

@@ -10,6 +10,7 @@ from .attacks._common import Bounds, check_count, check_inputs, check_labels, fr
 from .attacks.alma import lagrangian_search
 from .attacks.anpgd import line_search
 from .attacks.ddn import ddn_search
+from .attacks.fab import projection_search
 from .attacks.fmn import fmn_search
 from .attacks.pgd import pgd_steps
 from .losses import logit_margin, strict_logit_margin
@@ -21,6 +22,7 @@ from .norms import bcast, get_norm, per_example, tiny
 # and each is the closer one on a share of the digits; see docs/margins.md for the measurements.
 ALMA_PER_STEP = 10
 ALMA_LRS = (0.1, 0.8)
+FAB_PER_STEP = 1.25
 
 
 def _targeted_margin(target: Tensor):
@@ -41,10 +43,12 @@ def estimate_margin(
     restarts: int = 1,
     bounds: Bounds = (0.0, 1.0),
     targets: int = 4,
-    rounds: int = 1,
+    rounds: int | None = None,
     attack: str = "pgd",
     return_points: bool = False,
     alma_steps: int | None = None,
+    fab_steps: int | None = None,
+    fmn_steps: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Upper bound on each example's margin ``min ‖δ‖ s.t. LM(x + δ, y) ≥ 0``.
 
@@ -55,37 +59,42 @@ def estimate_margin(
     adversarial point behind each value (``x`` itself where the example is
     misclassified or nothing was found), so every value can be checked.
 
-    The search runs towards each of the ``targets`` runner-up classes at
-    once (untargeted searches stall on whichever class leads at the start):
+    The search runs towards each of the ``targets`` runner-up classes
+    (untargeted searches stall on whichever class leads at the start). Each
+    stage has its own step count; the defaults follow ``steps`` and the norm:
 
-    1. a minimal-norm search of the FMN kind (:mod:`maxmargin.attacks.fmn`)
-       with ``steps`` iterations, whose radius grows from a linear estimate
-       of the boundary's distance and shrinks once adversarial, so it does
-       not depend on a good starting radius;
-    2. L2 only: an augmented-Lagrangian search of the ALMA kind
-       (:mod:`maxmargin.attacks.alma`), untargeted, ``alma_steps``
-       iterations (default ``10 × steps``; 0 turns it off) from each
-       initial step size of ``ALMA_LRS``, then a search along the closer
-       point's direction. On adversarially trained networks it is the stage
-       that finds the close points (measured below);
-    3. ``rounds`` of targeted PGD at the current estimate, each followed by a
-       search of ``[0, estimate]`` along its direction for the first
-       misclassified point (on linear models one round is exact up to the
-       search's resolution); later restarts start PGD at random points.
+    1. ``fmn_steps`` (default ``steps`` in L∞, 0 in L2 while an L2 stage
+       below runs): a minimal-norm search of the FMN kind
+       (:mod:`maxmargin.attacks.fmn`) towards each target, whose radius grows
+       from a linear estimate of the boundary's distance and shrinks once
+       adversarial, so it does not depend on a good starting radius;
+    2. L2 only, ``alma_steps`` (default ``10 × steps``): an augmented-
+       Lagrangian search of the ALMA kind (:mod:`maxmargin.attacks.alma`),
+       untargeted, once from each initial step size of ``ALMA_LRS``, then a
+       search along the closer point's direction;
+    3. L2 only, ``fab_steps`` (default ``1.25 × steps``): a search of the FAB
+       kind (:mod:`maxmargin.attacks.fab`), heading each step for the nearest
+       linearized boundary among the ``targets`` classes;
+    4. ``rounds`` (default 1 in L∞, and in L2 when both L2 stages are off or
+       ``restarts > 1``; otherwise 0) of targeted PGD at the current estimate,
+       each followed by a search of ``[0, estimate]`` along its direction for
+       the first misclassified point (on linear models one round is exact up
+       to the search's resolution); later restarts start PGD at random points.
 
     The result is the smallest norm over every stage's verified points.
 
     Measured on small 2-D ReLU networks with exactly known margins (tests):
     PGD rounds alone, started at ``eps_max``, overestimated 3-6× on a fifth
     of the points; with the FMN stage the 90th percentile is within 2 %. The
-    defaults (4 targets × 40 FMN steps + 1 PGD round of 40) were chosen
+    L∞ defaults (4 targets × 40 FMN steps + 1 PGD round of 40) were chosen
     against adv-lib's minimal-norm attacks on LeNet5 (benchmarks/RESULTS.md):
     within 2 % of the best of them on 95-100 % of digits, mean below each.
-    On adversarially trained SmallCNNs the FMN and PGD stages alone were
-    8-13 % above the best adv-lib L2 attack (ALMA) in mean; with the ALMA
-    stage the L2 mean is 8-11 % below it, within 2 % of the best adv-lib
-    value on 95-98 % of digits of the MMA and PGD-AT models but 74 % of the
-    TRADES one, at 1.2-1.35× ALMA's time (docs/margins.md).
+    In L2, on adversarially trained SmallCNNs, the FMN and PGD stages were
+    8-19 % above the best adv-lib attack (ALMA) in mean; ALMA and FAB
+    (different searches, each closest on its own share of digits) took their
+    place: the L2 mean is 8-11 % below adv-lib's ALMA, within 2 % of the best
+    of four adv-lib attacks on 95-96 % of digits of the MMA and PGD-AT models
+    but 79 % of the TRADES one, at about ALMA's time (docs/margins.md).
 
     ``attack="ddn"`` (L2 only) uses the DDN minimal-norm attack instead, with
     ``steps`` iterations started at ``eps_max / 10``.
@@ -96,13 +105,31 @@ def estimate_margin(
     if bool((cap <= 0).any()):
         raise ValueError("eps_max must be > 0")
     for value, what in ((steps, "steps"), (search_steps, "search_steps"), (restarts, "restarts"),
-                        (targets, "targets"), (rounds, "rounds")):
+                        (targets, "targets")):
         check_count(value, what, 1)
+    l2 = nrm.name == "l2"
+    given = [name for name, v in (("alma_steps", alma_steps), ("fab_steps", fab_steps), ("fmn_steps", fmn_steps),
+                                  ("rounds", rounds)) if v is not None]
+    if attack == "ddn" and given:
+        raise ValueError(f"attack='ddn' runs DDN alone: {', '.join(given)} does not apply (leave it unset)")
     if alma_steps is None:
-        alma_steps = ALMA_PER_STEP * steps if nrm.name == "l2" else 0
-    check_count(alma_steps, "alma_steps", 0)
-    if alma_steps and nrm.name != "l2":
-        raise ValueError("alma_steps > 0 is an L2 search: use norm='l2' (or alma_steps=0)")
+        alma_steps = ALMA_PER_STEP * steps if l2 else 0
+    if fab_steps is None:
+        fab_steps = round(FAB_PER_STEP * steps) if l2 else 0
+    lagrange = bool(alma_steps or fab_steps)
+    if fmn_steps is None:
+        fmn_steps = 0 if l2 and lagrange else steps
+    if rounds is None:
+        rounds = 0 if l2 and lagrange and restarts == 1 else 1     # asking for restarts asks for PGD
+    for value, what in ((alma_steps, "alma_steps"), (fab_steps, "fab_steps"), (fmn_steps, "fmn_steps"),
+                        (rounds, "rounds")):
+        check_count(value, what, 0)
+        if value and what in ("alma_steps", "fab_steps") and not l2:
+            raise ValueError(f"{what} > 0 is an L2 search: use norm='l2' (or {what}=0)")
+    if not (fmn_steps or alma_steps or fab_steps or rounds):
+        raise ValueError("every stage is off (fmn_steps, alma_steps, fab_steps and rounds are 0): turn one on")
+    if restarts > 1 and not rounds:
+        raise ValueError("restarts > 1 repeats the PGD rounds, and rounds is 0: give rounds >= 1 or restarts=1")
 
     if attack not in ("pgd", "ddn"):
         raise ValueError(f"attack must be 'pgd' or 'ddn', got {attack!r}")
@@ -150,9 +177,10 @@ def estimate_margin(
             dist = torch.where(found & (radius > 0), nrm.measure(cand - base), torch.full_like(eta, float("inf")))
             keep(cand, dist, rows)
 
-        delta, dist = fmn_search(model, xs, ys, nrm, loss, steps, cap[idx].repeat(k) / 100, lo, hi)
-        keep(xs + delta, dist)
-        shrink_along(delta, torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)))
+        if fmn_steps:
+            delta, dist = fmn_search(model, xs, ys, nrm, loss, fmn_steps, cap[idx].repeat(k) / 100, lo, hi)
+            keep(xs + delta, dist)
+            shrink_along(delta, torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)))
         if alma_steps:
             # untargeted (it finds its own class), once per example and step size; the closer point of
             # the runs goes into the row of the first target, where it competes with the targeted stages,
@@ -165,6 +193,12 @@ def estimate_margin(
             xa, da = xa[pick], da[pick]
             keep(xa, da, first)
             shrink_along(xa - xs[first], torch.where(torch.isfinite(da), da, torch.zeros_like(da)), first)
+        if fab_steps:
+            # one run per example that may head for any of the k runner-up classes (FAB picks the nearest
+            # linearized boundary each step), so it costs one forward and k backward passes per step
+            first = slice(0, n)
+            xf, df = projection_search(model, xs[first], ys[first], tgt.reshape(k, n).T, fab_steps, lo, hi)
+            keep(xf, df, first)
         for restart in range(restarts):
             for _ in range(rounds):
                 est = best.reshape(k, n).amin(dim=0).minimum(cap[idx])
@@ -181,22 +215,26 @@ def estimate_margin(
 
 
 def margin_search(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps_max: float, batch_size: int = 500,
-                  bounds: Bounds = (0.0, 1.0), alma_steps: int | None = None) -> Tensor:
+                  bounds: Bounds = (0.0, 1.0), alma_steps: int | None = None, fab_steps: int | None = None
+                  ) -> Tensor:
     """:func:`estimate_margin` over a large set in batches, with the evaluation's settings.
 
-    50 FMN steps and then 2 rounds of 50 PGD steps, towards each of the 3
-    runner-up classes (the cost of the 3 PGD rounds it used before FMN): on
-    trained networks further rounds tighten the estimate far more than
-    further target classes (measured on the quick MMA model: mean margin
-    0.336 with 3×3, 0.444 with 9 targets × 1 round, 0.345 with 9 × 2 at twice
-    the cost).
+    ``steps=50`` towards each of the 3 runner-up classes. In L∞ that is 50
+    FMN steps and then 2 rounds of 50 PGD steps (the cost of the 3 PGD rounds
+    it used before FMN): on trained networks further rounds tighten the
+    estimate far more than further target classes (measured on the quick MMA
+    model: mean margin 0.336 with 3×3, 0.444 with 9 targets × 1 round, 0.345
+    with 9 × 2 at twice the cost). In L2 it is the ALMA and FAB stages with
+    their defaults for ``steps=50``; with both turned off (``alma_steps=0,
+    fab_steps=0``) it is the L∞ recipe.
 
     Every estimate is an example's own, so ``maxmargin margin`` splits the
     set across ``torchrun`` ranks with :func:`maxmargin.sharding.map_examples`.
     """
+    lagrange = get_norm(norm).name == "l2" and not (alma_steps == 0 and fab_steps == 0)
     # without return_points, estimate_margin returns the margins alone
     parts = [cast(Tensor, estimate_margin(model, x[s:s + batch_size], y[s:s + batch_size], norm=norm, eps_max=eps_max,
-                                          steps=50, search_steps=12, targets=3, rounds=2, bounds=bounds,
-                                          alma_steps=alma_steps))
+                                          steps=50, search_steps=12, targets=3, rounds=None if lagrange else 2,
+                                          bounds=bounds, alma_steps=alma_steps, fab_steps=fab_steps))
              for s in range(0, x.shape[0], batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, device=x.device)

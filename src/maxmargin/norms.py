@@ -120,6 +120,43 @@ class L2Norm(Norm):
         return self.direction(g) * bcast(r * eps, like)
 
 
+def l2_to_hyperplane(w: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """Per row, the smallest-L2 ``d`` with ``w·d = c`` and ``lower ≤ d ≤ upper`` (``lower ≤ 0 ≤ upper``).
+
+    The minimizer is ``d = clip(λw, lower, upper)`` for the one ``λ`` that
+    meets the constraint; ``w·clip(λw)`` is piecewise linear and monotone in
+    ``λ``, so ``λ`` is read off exactly from the sorted breakpoints where
+    coordinates reach the box (a bisection on ``λ`` loses its precision when a
+    tiny ``w_i`` puts a breakpoint far away). Where the box cannot reach the
+    hyperplane, every coordinate goes to the box face that moves towards it.
+    Rows are flattened; ``c`` has one entry per row.
+    """
+    shape = w.shape
+    w, lower, upper = w.flatten(1), lower.flatten(1), upper.flatten(1)
+    sign = torch.sign(c)
+    v = w * sign[:, None]              # solve v·clip(μv) = |c| for μ ≥ 0
+    want = c.abs()
+    face = torch.where(v > 0, upper, lower)
+    sat = v * face                     # a saturated coordinate's share of v·d (≥ 0)
+    vv = v * v
+    t = torch.where(v != 0, face / torch.where(v != 0, v, torch.ones_like(v)), torch.full_like(v, float("inf")))
+    t, order = t.sort(dim=1)
+    sat_s, vv_s = sat.gather(1, order), vv.gather(1, order)
+    # before the k-th breakpoint the first k coordinates are saturated: h(μ) = S_k + μ (V − Q_k)
+    zero = torch.zeros_like(want)[:, None]
+    s_before = torch.cat([zero, sat_s.cumsum(1)[:, :-1]], 1)
+    q_before = torch.cat([zero, vv_s.cumsum(1)[:, :-1]], 1)
+    free = vv.sum(1, keepdim=True) - q_before
+    h_at = s_before + torch.where(torch.isfinite(t), t, torch.zeros_like(t)) * free
+    h_at = torch.where(torch.isfinite(t), h_at, torch.full_like(h_at, float("inf")))
+    k = (h_at < want[:, None]).sum(1, keepdim=True).clamp(max=t.shape[1] - 1)
+    mu = (want[:, None] - s_before.gather(1, k)) / free.gather(1, k).clamp_min(tiny(free))
+    # out of reach: every coordinate with v ≠ 0 goes to its face (μ = ∞)
+    mu = torch.where(sat.sum(1, keepdim=True) < want[:, None], torch.full_like(mu, float("inf")), mu)
+    d = torch.where(v != 0, torch.minimum(torch.maximum(mu * v, lower), upper), torch.zeros_like(v))
+    return d.reshape(shape)
+
+
 NORMS: dict[str, Norm] = {n.name: n for n in (LinfNorm(), L2Norm())}
 
 

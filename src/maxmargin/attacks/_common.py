@@ -116,7 +116,7 @@ def sanitize(g: Tensor) -> Tensor:
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def input_grad(out: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+def input_grad(out: Tensor, x: Tensor, create_graph: bool = False, retain_graph: bool | None = None) -> Tensor:
     """``∂out/∂x`` with non-finite entries zeroed; zeros where ``out`` does not depend on ``x``.
 
     A model that binarizes, detaches or ignores its input (a classic gradient-
@@ -126,5 +126,5 @@ def input_grad(out: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
     """
     if not out.requires_grad:
         return torch.zeros_like(x)
-    (g,) = torch.autograd.grad(out, x, allow_unused=True, create_graph=create_graph)
+    (g,) = torch.autograd.grad(out, x, allow_unused=True, create_graph=create_graph, retain_graph=retain_graph)
     return torch.zeros_like(x) if g is None else sanitize(g)
