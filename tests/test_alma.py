@@ -90,13 +90,15 @@ def test_misclassified_examples_get_norm_0_and_x_itself():
 
 def test_the_alma_stage_never_loosens_the_l2_estimate_and_linf_ignores_it():
     model = make_model("mlp", (1, 28, 28)).double().eval()
-    x, y = make_data(6, (1, 28, 28))
+    x, _ = make_data(6, (1, 28, 28))
     x = x.double()
+    with torch.no_grad():
+        y = model(x).argmax(1)                        # correctly classified: margins are positive
     kw = dict(eps_max=8.0, steps=8, search_steps=8, targets=2)
     alone = alma_search(model, x, y, steps=40).norm
     with_stage = estimate_margin(model, x, y, norm="l2", alma_steps=40, **kw)
     # the estimate is the min over every stage's verified points, the ALMA stage's included
-    assert bool((with_stage <= alone.clamp(max=8.0) + 1e-9).all())
+    assert bool((with_stage <= alone.clamp(max=8.0) + 1e-9).all()) and bool((alone > 0).all())
     linf = estimate_margin(model, x, y, norm="linf", eps_max=0.5, steps=8, search_steps=8)
     assert torch.equal(linf, estimate_margin(model, x, y, norm="linf", eps_max=0.5, steps=8, search_steps=8,
                                              alma_steps=0))

@@ -128,13 +128,17 @@ def test_misclassified_examples_get_norm_0_and_x_itself():
 
 def test_the_fab_stage_never_loosens_the_l2_estimate():
     model = make_model("mlp", (1, 28, 28)).double().eval()
-    x, y = make_data(6, (1, 28, 28))
+    x, _ = make_data(6, (1, 28, 28))
     x = x.double()
+    with torch.no_grad():
+        y = model(x).argmax(1)                        # correctly classified: margins are positive
     kw = dict(eps_max=8.0, steps=8, search_steps=8, targets=2, alma_steps=0)
     alone = fab_search(model, x, y, steps=20, classes=2).norm
-    with_stage = estimate_margin(model, x, y, norm="l2", fab_steps=20, **kw)
+    others = estimate_margin(model, x, y, norm="l2", fab_steps=0, fmn_steps=8, rounds=1, **kw)
+    with_stage = estimate_margin(model, x, y, norm="l2", fab_steps=20, fmn_steps=8, rounds=1, **kw)
     # the estimate is the min over every stage's verified points, the FAB stage's included
     assert bool((with_stage <= alone.clamp(max=8.0) + 1e-9).all())
+    assert bool((with_stage <= others + 1e-9).all()) and bool((with_stage < others - 1e-6).any())
 
 
 def test_stage_options_are_checked_not_dropped():

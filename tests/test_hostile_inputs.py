@@ -74,12 +74,15 @@ from maxmargin.attacks import (
     ALMAResult,
     ANPGDResult,
     DDNResult,
+    FABResult,
     alma,
     alma_search,
     anpgd,
     anpgd_search,
     ddn,
     ddn_search,
+    fab,
+    fab_search,
     fgsm,
     pgd,
 )
@@ -90,15 +93,16 @@ from maxmargin.norms import get_norm
 
 SHAPE = (2, 4, 4)
 CLASSES = 5
-EXAMPLES = 260                          # generated cases of the hostile test
-ACCEPTED_EXAMPLES = 80                  # generated cases of the accepted-only test
+EXAMPLES = 300                          # generated cases of the hostile test
+ACCEPTED_EXAMPLES = 94                  # generated cases of the accepted-only test
 
 ATTACKS = {"pgd": pgd, "fgsm": fgsm, "anpgd": anpgd, "anpgd_search": anpgd_search, "ddn": ddn,
-           "ddn_search": ddn_search, "alma": alma, "alma_search": alma_search}
+           "ddn_search": ddn_search, "alma": alma, "alma_search": alma_search, "fab": fab, "fab_search": fab_search}
 APIS = [*ATTACKS, "estimate_margin", "certified_margin", "evaluate"]
 RADIUS_ARG = {"pgd": "eps", "fgsm": "eps", "anpgd": "eps_max", "anpgd_search": "eps_max", "ddn": "init_norm",
               "ddn_search": "init_norm", "estimate_margin": "eps_max", "certified_margin": "eps_max",
-              "evaluate": "eps", "alma": None, "alma_search": None}    # None: the API takes no radius
+              "evaluate": "eps", "alma": None, "alma_search": None, "fab": None,
+              "fab_search": None}    # None: the API takes no radius
 POSITIVE_RADIUS = {"ddn", "ddn_search", "estimate_margin", "certified_margin"}   # a radius of 0 is refused
 
 # Variants of each feature: accepted ones, and hostile ones (the API must refuse them)
@@ -278,7 +282,7 @@ def call(c: Case, model: nn.Module, x: Tensor, y, radius, bounds):
                               bounds=bounds, **opts)
     if c.api in ("ddn", "ddn_search"):
         return ATTACKS[c.api](model, x, y, steps=3, init_norm=radius, bounds=bounds)
-    if c.api in ("alma", "alma_search"):
+    if c.api in ("alma", "alma_search", "fab", "fab_search"):
         return ATTACKS[c.api](model, x, y, steps=3, bounds=bounds)
     if c.api == "estimate_margin":
         attack = "ddn" if c.norm == "l2" and v == 3 else "pgd"
@@ -334,10 +338,10 @@ def check_result(c: Case, out, x: Tensor, radius, bounds) -> None:
         check_radii(out.eps, x, cap)
         assert out.found.dtype == torch.bool and out.found.shape == (b,)
         assert out.clean_logits.shape == (b, CLASSES) and bool(torch.isfinite(out.clean_logits).all())
-    elif c.api in ("ddn", "alma"):
+    elif c.api in ("ddn", "alma", "fab"):
         check_points(out, x, bounds, c, None, "l2")
-    elif c.api == "alma_search":
-        assert isinstance(out, ALMAResult)
+    elif c.api in ("alma_search", "fab_search"):
+        assert isinstance(out, ALMAResult if c.api == "alma_search" else FABResult)
         check_points(out.x_adv, x, bounds, c, None, "l2")
         r = out.norm
         assert r.shape == (b,) and r.dtype == x.dtype and bool((r >= 0).all())   # inf where nothing was found

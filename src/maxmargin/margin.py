@@ -74,7 +74,8 @@ def estimate_margin(
        search along the closer point's direction;
     3. L2 only, ``fab_steps`` (default ``1.25 × steps``): a search of the FAB
        kind (:mod:`maxmargin.attacks.fab`), heading each step for the nearest
-       linearized boundary among the ``targets`` classes;
+       linearized boundary among the ``targets`` classes (no line search
+       follows it: ``search_steps`` sets those after stages 1, 2 and 4);
     4. ``rounds`` (default 1 in L∞, and in L2 when both L2 stages are off or
        ``restarts > 1``; otherwise 0) of targeted PGD at the current estimate,
        each followed by a search of ``[0, estimate]`` along its direction for
@@ -195,7 +196,7 @@ def estimate_margin(
             shrink_along(xa - xs[first], torch.where(torch.isfinite(da), da, torch.zeros_like(da)), first)
         if fab_steps:
             # one run per example that may head for any of the k runner-up classes (FAB picks the nearest
-            # linearized boundary each step), so it costs one forward and k backward passes per step
+            # linearized boundary each step), so it costs two forward and k backward passes per step
             first = slice(0, n)
             xf, df = projection_search(model, xs[first], ys[first], tgt.reshape(k, n).T, fab_steps, lo, hi)
             keep(xf, df, first)

@@ -145,8 +145,8 @@ def l2_to_hyperplane(w: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> Tens
     # before the k-th breakpoint the first k coordinates are saturated: h(μ) = S_k + μ (V − Q_k)
     zero = torch.zeros_like(want)[:, None]
     s_before = torch.cat([zero, sat_s.cumsum(1)[:, :-1]], 1)
-    q_before = torch.cat([zero, vv_s.cumsum(1)[:, :-1]], 1)
-    free = vv.sum(1, keepdim=True) - q_before
+    # the free coordinates' Σv² as a suffix sum: V − (prefix sum) cancels once most of the mass is at the box
+    free = vv_s.flip(1).cumsum(1).flip(1)
     h_at = s_before + torch.where(torch.isfinite(t), t, torch.zeros_like(t)) * free
     h_at = torch.where(torch.isfinite(t), h_at, torch.full_like(h_at, float("inf")))
     k = (h_at < want[:, None]).sum(1, keepdim=True).clamp(max=t.shape[1] - 1)

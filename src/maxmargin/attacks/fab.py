@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import logit_margin
-from ..norms import bcast, get_norm, l2_to_hyperplane
+from ..norms import bcast, get_norm, l2_to_hyperplane, tiny
 from ._common import Bounds, check_count, check_inputs, check_labels, frozen, input_grad
 
 
@@ -43,15 +43,14 @@ def projection_search(model: nn.Module, x: Tensor, y: Tensor, classes: Tensor, s
 
     ``classes`` (``[rows, k]``) are the classes each row may head for: every
     step linearizes ``f_y − f_c`` for each of them (one forward pass, ``k``
-    backward passes) and takes the one whose linear boundary is closest, as
-    FAB's untargeted mode does over all classes. Success is ``LM > 0`` (any
-    class beating ``y``), checked on the forward pass whose norm is recorded.
-    The model must already be in eval mode; parameters' ``.grad`` is not
-    touched.
+    backward passes, and one more forward pass at the new iterate) and takes
+    the one whose linear boundary is closest, as FAB's untargeted mode does
+    over all classes. Success is ``LM > 0`` (any class beating ``y``),
+    checked on the forward pass whose norm is recorded. The model must
+    already be in eval mode; parameters' ``.grad`` is not touched.
     """
     l2 = get_norm("l2")
     b, k = classes.shape
-    rows = torch.arange(b, device=x.device)
     best = torch.full((b,), float("inf"), dtype=x.dtype, device=x.device)
     best_x = x.clone()
     point = x.clone()
@@ -60,17 +59,25 @@ def projection_search(model: nn.Module, x: Tensor, y: Tensor, classes: Tensor, s
         xa = point.clone().requires_grad_(True)
         logits = model(xa)
         gaps = logits.gather(1, y[:, None]) - logits.gather(1, classes)          # [b, k], > 0 while y wins
-        grads = torch.stack([input_grad(gaps[:, j].sum(), xa, retain_graph=j + 1 < k) for j in range(k)], 1)
+        # the class whose linearized boundary is nearest (FAB's choice: |gap| / ‖∇gap‖₂), kept as the
+        # gradients come so that only one of them is held per row (k of them would be k × the input)
+        ratio = torch.full((b,), float("inf"), dtype=x.dtype, device=x.device)
+        w, g = torch.zeros_like(x), torch.zeros_like(ratio)
+        for j in range(k):
+            grad_j = input_grad(gaps[:, j].sum(), xa, retain_graph=j + 1 < k)
+            with torch.no_grad():
+                gap_j = gaps[:, j].detach()
+                r = gap_j.abs() / l2.measure(grad_j).clamp_min(tiny(grad_j))
+                nearer = r < ratio
+                ratio = torch.where(nearer, r, ratio)
+                w = torch.where(bcast(nearer, x), grad_j, w)
+                g = torch.where(nearer, gap_j, g)
         with torch.no_grad():
-            gaps = gaps.detach()
-            # the class whose linearized boundary is nearest (FAB's choice; |gap| / ‖∇gap‖₂)
-            j = (gaps.abs() / grads.flatten(2).norm(dim=2).clamp_min(1e-12)).argmin(1)
-            w, g = grads[rows, j], gaps[rows, j]
             # the boundary g(p) + w·(z − p) = 0, reached from p and from x
             d_point = l2_to_hyperplane(w, -g, lo - point, hi - point)
             d_orig = l2_to_hyperplane(w, -g - (w * (x - point)).flatten(1).sum(1), lo_x, hi_x)
             n_point, n_orig = l2.measure(d_point), l2.measure(d_orig)
-            alpha = (n_point / (n_point + n_orig).clamp_min(1e-12)).clamp(0, alpha_max)
+            alpha = (n_point / (n_point + n_orig).clamp_min(tiny(n_point))).clamp(0, alpha_max)
             a = bcast(alpha, x)
             point = torch.clamp((1 - a) * (point + eta * d_point) + a * (x + eta * d_orig), lo, hi)
             adv = logit_margin(model(point), y) > 0     # strictly: a tie may still be classified as y
