@@ -40,10 +40,13 @@ PAIRS = {"crown-ibp": "CROWN-IBP", "crown": "CROWN", "ibp": "IBP"}
 def their_radii(bounded: BoundedModule, x, y, method: str, cap: float, steps: int, batch: int):
     """auto_LiRPA's radii through ``certified_margin``'s staged search."""
     b = x.shape[0]
-    others = torch.arange(10).expand(b, -1)
-    others = others[others != y[:, None]].reshape(b, 9)
-    spec = torch.zeros(b, 9, 10)
-    spec.scatter_(2, y[:, None, None].expand(-1, 9, 1), 1.0)
+    with torch.no_grad():
+        logits = bounded(x)
+    c = logits.shape[1]
+    others = torch.arange(c).expand(b, -1)
+    others = others[others != y[:, None]].reshape(b, c - 1)
+    spec = torch.zeros(b, c - 1, c)
+    spec.scatter_(2, y[:, None, None].expand(-1, c - 1, 1), 1.0)
     spec.scatter_(2, others[:, :, None], -1.0)
 
     def bound_with(how: str):
@@ -51,7 +54,7 @@ def their_radii(bounded: BoundedModule, x, y, method: str, cap: float, steps: in
             parts = []
             for k in range(0, b, batch):
                 s = slice(k, k + batch)
-                rr = r[s].view(-1, 1, 1, 1)
+                rr = r[s].view(-1, *([1] * (x.dim() - 1)))
                 ptb = PerturbationLpNorm(norm=float("inf"), eps=float(r[s].max()), x_L=(x[s] - rr).clamp(0, 1),
                                          x_U=(x[s] + rr).clamp(0, 1))
                 low = bounded.compute_bounds(x=(BoundedTensor(x[s], ptb),), C=spec[s], method=how,
@@ -60,8 +63,6 @@ def their_radii(bounded: BoundedModule, x, y, method: str, cap: float, steps: in
             return torch.cat(parts)
         return bound
 
-    with torch.no_grad():
-        logits = bounded(x)
     clean = (logits[:, None, :] * spec).sum(2)
     capt = torch.full((b,), cap)
     if method == "ibp" or method == "crown-ibp":

@@ -155,10 +155,12 @@ def estimate_margin(
         n = idx.numel()
         others = logits[idx].scatter(1, y[idx][:, None], float("-inf"))
         tgt = others.topk(k, dim=1).indices.T.reshape(-1)            # [k·n], target-major
-        xs = x[idx].repeat(k, *([1] * (x.dim() - 1)))
-        ys = y[idx].repeat(k)
+        # a row per example and target for the targeted stages (FMN, PGD); ALMA and FAB use the first n alone
+        copies = k if fmn_steps or rounds else 1
+        xs = x[idx].repeat(copies, *([1] * (x.dim() - 1)))
+        ys = y[idx].repeat(copies)
         loss = _targeted_margin(tgt)
-        best = torch.full((k * n,), float("inf"), dtype=x.dtype, device=x.device)
+        best = torch.full((copies * n,), float("inf"), dtype=x.dtype, device=x.device)
         best_x = xs.clone()
 
         def keep(cand: Tensor, dist: Tensor, rows: slice = slice(None)) -> None:
@@ -179,7 +181,7 @@ def estimate_margin(
             keep(cand, dist, rows)
 
         if fmn_steps:
-            delta, dist = fmn_search(model, xs, ys, nrm, loss, fmn_steps, cap[idx].repeat(k) / 100, lo, hi)
+            delta, dist = fmn_search(model, xs, ys, nrm, loss, fmn_steps, cap[idx].repeat(copies) / 100, lo, hi)
             keep(xs + delta, dist)
             shrink_along(delta, torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)))
         if alma_steps:
@@ -202,11 +204,11 @@ def estimate_margin(
             keep(xf, df, first)
         for restart in range(restarts):
             for _ in range(rounds):
-                est = best.reshape(k, n).amin(dim=0).minimum(cap[idx])
-                radius = est.repeat(k)
+                est = best.reshape(copies, n).amin(dim=0).minimum(cap[idx])
+                radius = est.repeat(copies)
                 xa = pgd_steps(model, xs, ys, nrm, radius, steps, 2.5 * radius / steps, loss, restart > 0, lo, hi)
                 shrink_along(xa - xs, radius)
-        per = best.reshape(k, n)
+        per = best.reshape(copies, n)
         j = per.argmin(dim=0)
         found = per.gather(0, j[None]).squeeze(0) <= cap[idx]
         rows = j * n + torch.arange(n, device=x.device)
